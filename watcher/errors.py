@@ -152,7 +152,8 @@ class UnsupportedManifest(RegistryError):
     reason = "unsupported"
 
 
-#: Every value ``RegistryError.reason`` can take, plus ``internal`` for bugs.
+#: Every reason a check can fail for: ``RegistryError.reason`` values, ``store``
+#: when the history could not be written, and ``internal`` for bugs.
 ERROR_REASONS = (
     "auth",
     "not_found",
@@ -165,5 +166,6 @@ ERROR_REASONS = (
     "protocol",
     "unsupported",
     "error",
+    "store",
     "internal",
 )

@@ -1,0 +1,193 @@
+"""The configuration file: every problem reported at once, by line and key."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from watcher.config import format_duration, load, parse_duration
+from watcher.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "watcher.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems_of(path, environ=None):
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ or {})
+    assert str(path) in str(caught.value)
+    return caught.value.problems
+
+
+class TestDurations:
+    @pytest.mark.parametrize(
+        ("text", "seconds"),
+        [
+            pytest.param("30s", 30, id="seconds"),
+            pytest.param("15m", 900, id="minutes"),
+            pytest.param("6h", 21600, id="hours"),
+            pytest.param("1d", 86400, id="days"),
+            pytest.param("1h30m", 5400, id="compound"),
+            pytest.param("250ms", 0.25, id="milliseconds"),
+            pytest.param(45, 45, id="bare-number"),
+        ],
+    )
+    def test_parses(self, text, seconds):
+        assert parse_duration(text) == seconds
+
+    @pytest.mark.parametrize("text", ["", "6x", "h", "1h 30m", "-5s", "0s", True])
+    def test_rejects_with_the_accepted_form(self, text):
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(text)
+
+    @pytest.mark.parametrize("seconds", [0.5, 1, 59, 90, 3600, 5400, 86400 + 61])
+    def test_format_round_trips(self, seconds):
+        assert parse_duration(format_duration(seconds)) == seconds
+
+
+class TestLoad:
+    def test_defaults_apply_to_a_minimal_file(self, tmp_path):
+        settings = load(write(tmp_path, '[[watch]]\nimage = "alpine"\n'), {})
+
+        assert settings.database_url == "sqlite:///watcher.db"
+        assert settings.interval == 6 * 3600
+        assert settings.listen == "0.0.0.0:9877"
+        assert str(settings.watch[0].image) == "docker.io/library/alpine:latest"
+        assert settings.interval_of(settings.watch[0]) == 6 * 3600
+
+    def test_per_watch_interval_overrides_the_default(self, tmp_path):
+        path = write(
+            tmp_path,
+            """
+            interval = "6h"
+            [[watch]]
+            image = "alpine:3"
+            interval = "30m"
+            """,
+        )
+
+        settings = load(path, {})
+
+        assert settings.interval_of(settings.watch[0]) == 1800
+        assert settings.jitter_of(settings.watch[0]) == 180
+
+    def test_default_jitter_is_capped_at_five_minutes(self, tmp_path):
+        settings = load(write(tmp_path, '[[watch]]\nimage = "alpine"\n'), {})
+
+        assert settings.jitter_of(settings.watch[0]) == 300
+
+    def test_registry_password_is_read_from_the_environment(self, tmp_path):
+        path = write(
+            tmp_path,
+            """
+            [registries."index.docker.io"]
+            username = "me"
+            password_env = "HUB_TOKEN"
+            """,
+        )
+
+        settings = load(path, {"HUB_TOKEN": "s3cret-value"})
+
+        registry = settings.registry("docker.io")
+        assert registry.password is not None
+        assert registry.password.get_secret_value() == "s3cret-value"
+        assert "s3cret-value" not in repr(settings)
+        assert settings.secrets() == ["s3cret-value"]
+
+    def test_every_problem_is_reported_with_line_and_key(self, tmp_path):
+        path = write(
+            tmp_path,
+            """\
+            interval = "6x"
+            colour = "blue"
+
+            [registries."ghcr.io"]
+            endpoint = "ftp://mirror"
+            concurency = 8
+
+            [[watch]]
+            image = "python:3.12-slim"
+
+            [[watch]]
+            image = "Nginx:1"
+            interval = "soon"
+            """,
+        )
+
+        problems = problems_of(path)
+
+        assert len(problems) == 6
+        assert any(p.startswith("line 1: interval: expected a duration") for p in problems)
+        assert any(p.startswith("line 2: colour: unknown key; expected one of:") for p in problems)
+        assert any(p.startswith('line 5: registries."ghcr.io".endpoint: expected an http://') for p in problems)
+        assert any(p.startswith('line 6: registries."ghcr.io".concurency: unknown key') and "concurrency" in p for p in problems)
+        assert any(p.startswith("line 12: watch[1].image: parse reference 'Nginx:1': repository must be lowercase") for p in problems)
+        assert any(p.startswith("line 13: watch[1].interval: expected a duration") for p in problems)
+
+    def test_missing_environment_variable_names_it_and_the_fix(self, tmp_path):
+        path = write(
+            tmp_path,
+            """\
+            [registries."docker.io"]
+            username = "me"
+            password_env = "HUB_TOKEN"
+            """,
+        )
+
+        (problem,) = problems_of(path)
+
+        assert problem.startswith('line 3: registries."docker.io".password_env')
+        assert "HUB_TOKEN is not set" in problem
+
+    def test_duplicate_watch_is_reported_by_normalised_name(self, tmp_path):
+        path = write(
+            tmp_path,
+            """\
+            [[watch]]
+            image = "alpine"
+            [[watch]]
+            image = "docker.io/library/alpine:latest"
+            """,
+        )
+
+        (problem,) = problems_of(path)
+
+        assert problem.startswith("line 4: watch[1].image")
+        assert "already watched by watch[0]" in problem
+
+    def test_digest_only_watch_is_refused_with_the_fix(self, tmp_path):
+        path = write(tmp_path, f'[[watch]]\nimage = "alpine@sha256:{"a" * 64}"\n')
+
+        (problem,) = problems_of(path)
+
+        assert "pins a digest, which never changes; watch a tag instead" in problem
+
+    def test_invalid_toml_names_the_line(self, tmp_path):
+        (problem,) = problems_of(write(tmp_path, 'interval = "6h\n'))
+
+        assert "not valid TOML" in problem
+        assert "line 1" in problem
+
+    def test_missing_file_says_how_to_fix(self, tmp_path):
+        (problem,) = problems_of(tmp_path / "nope.toml")
+
+        assert "file not found" in problem
+        assert "config.example.toml" in problem
+
+    def test_secret_in_a_bad_notify_url_is_not_echoed(self, tmp_path):
+        path = write(tmp_path, '[notify]\nurls = ["hooks.example.com/T0KEN-xyz"]\n')
+
+        (problem,) = problems_of(path)
+
+        assert problem.startswith("line 2: notify.urls")
+        assert "T0KEN-xyz" not in problem
+
+    def test_example_configuration_is_valid(self):
+        settings = load("config.example.toml", {})
+
+        registries = {watch.image.registry for watch in settings.watch}
+        assert {"docker.io", "ghcr.io", "quay.io"} <= registries

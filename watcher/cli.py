@@ -1,0 +1,281 @@
+"""The ``watcher`` command: parse arguments, call the service, map errors to exit codes.
+
+Exit codes: 0 success; 1 an operational failure (a check failed, the database
+is unreachable); 2 bad usage, configuration or reference. Errors are one line
+on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from watcher import __version__, config, logs
+from watcher.check import CheckResult
+from watcher.errors import ConfigError, InvalidReference, WatcherError
+from watcher.notify import check_urls
+from watcher.reference import Reference
+from watcher.store import ImageStatus, Period, open_store
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+app = typer.Typer(
+    name="watcher",
+    help="Watch container image tags and record every digest change.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        help="The TOML configuration file.",
+        envvar="WATCHER_CONFIG",
+        dir_okay=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DebugOption = Annotated[
+    bool, typer.Option("--debug", help="Log at DEBUG and show tracebacks on errors.")
+]
+DEFAULT_CONFIG = Path("watcher.toml")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"watcher {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Watch container image tags and record every digest change."""
+
+
+@app.command()
+def run(config_path: ConfigOption = DEFAULT_CONFIG, debug: DebugOption = False) -> None:
+    """Check every watch on its schedule and serve /metrics until stopped.
+
+    Example: watcher run --config watcher.toml
+    """
+    with _errors(debug):
+        settings = _load(config_path, debug)
+        asyncio.run(_run(settings))
+
+
+@app.command()
+def check(
+    config_path: ConfigOption = DEFAULT_CONFIG,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Check every watch once, record and notify, then exit (1 if any check failed).
+
+    Example: watcher check --config watcher.toml --json
+    """
+    with _errors(debug):
+        settings = _load(config_path, debug)
+        results = asyncio.run(_check_once(settings))
+
+    if as_json:
+        print(json.dumps([result.to_json() for result in results], indent=2))
+    else:
+        _print_table(
+            ["IMAGE", "DIGEST", "RESULT", "ERROR"], [_result_row(r) for r in results]
+        )
+    if any(result.error for result in results):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def history(
+    image: Annotated[str, typer.Argument(help="The image, as written in the config.")],
+    config_path: ConfigOption = DEFAULT_CONFIG,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show every digest a tag has pointed at, oldest first.
+
+    Example: watcher history python:3.12-slim --config watcher.toml
+    """
+    with _errors(debug):
+        settings = _load(config_path, debug)
+        reference = Reference.parse(image)
+        periods = _with_store(settings, lambda store: store.history(reference))
+
+    if not periods:
+        _fail(
+            f"no history for {reference}; is it watched and checked? "
+            "(`watcher status` lists what is)",
+            EXIT_FAILURE,
+        )
+    if as_json:
+        print(json.dumps([_period_json(period) for period in periods], indent=2))
+        return
+    print(f"{reference}")
+    _print_table(
+        ["DIGEST", "MEDIA TYPE", "FIRST SEEN", "LAST SEEN", "REPLACED"],
+        [_period_row(period) for period in periods],
+    )
+
+
+@app.command()
+def status(
+    config_path: ConfigOption = DEFAULT_CONFIG,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show each watched image: its current digest and its last check.
+
+    Example: watcher status --config watcher.toml
+    """
+    with _errors(debug):
+        settings = _load(config_path, debug)
+        known = {s.reference: s for s in _with_store(settings, lambda s: s.statuses())}
+
+    rows = [(str(w.image), known.get(str(w.image))) for w in settings.watch]
+    if as_json:
+        print(json.dumps([_status_json(name, found) for name, found in rows], indent=2))
+        return
+    _print_table(
+        ["IMAGE", "DIGEST", "SINCE", "LAST CHECK", "RESULT"],
+        [_status_row(name, found) for name, found in rows],
+    )
+
+
+def main() -> None:
+    """Entry point of the ``watcher`` console script."""
+    app()
+
+
+async def _run(settings: config.Settings) -> None:
+    from watcher.service import Service, stop_on_signals  # noqa: PLC0415 - heavy
+
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    async with Service(settings) as service:
+        await service.run(stop)
+
+
+async def _check_once(settings: config.Settings) -> list[CheckResult]:
+    from watcher.service import Service  # noqa: PLC0415 - heavy
+
+    async with Service(settings) as service:
+        return await service.check_once()
+
+
+def _load(path: Path, debug: bool) -> config.Settings:
+    settings = config.load(path)
+    problems = check_urls(settings.notify.urls)
+    if problems:
+        raise ConfigError(str(path), problems)
+    logs.configure(
+        level="debug" if debug else settings.log_level,
+        fmt=settings.log_format,
+        secrets=settings.secrets(),
+    )
+    return settings
+
+
+def _with_store(settings: config.Settings, read: Callable[[Any], Any]) -> Any:
+    store = open_store(settings.database_url)
+    try:
+        return read(store)
+    finally:
+        store.close()
+
+
+@contextmanager
+def _errors(debug: bool) -> Iterator[None]:
+    try:
+        yield
+    except (ConfigError, InvalidReference) as exc:
+        if debug:
+            raise
+        _fail(str(exc), EXIT_USAGE)
+    except WatcherError as exc:
+        if debug:
+            raise
+        _fail(str(exc), EXIT_FAILURE)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"watcher: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def _result_row(result: CheckResult) -> list[str]:
+    digest = str(result.digest) if result.digest else "-"
+    return [str(result.reference), digest, result.outcome.value, result.error or ""]
+
+
+def _period_row(period: Period) -> list[str]:
+    return [
+        str(period.digest),
+        period.media_type,
+        _when(period.first_seen),
+        _when(period.last_seen),
+        _when(period.ended_at),
+    ]
+
+
+def _period_json(period: Period) -> dict[str, Any]:
+    return {
+        "digest": str(period.digest),
+        "media_type": period.media_type,
+        "first_seen": period.first_seen.isoformat(),
+        "last_seen": period.last_seen.isoformat(),
+        "replaced_at": period.ended_at.isoformat() if period.ended_at else None,
+    }
+
+
+def _status_row(image: str, found: ImageStatus | None) -> list[str]:
+    if found is None:
+        return [image, "-", "-", "-", "not checked yet"]
+    result = found.last_outcome.value if found.last_outcome else "-"
+    if found.last_error_reason:
+        result = f"error ({found.last_error_reason})"
+    digest = str(found.digest) if found.digest else "-"
+    return [image, digest, _when(found.since), _when(found.last_check_at), result]
+
+
+def _status_json(image: str, found: ImageStatus | None) -> dict[str, Any]:
+    if found is None:
+        return {"image": image, "digest": None, "last_check": None, "result": None}
+    return {
+        "image": image,
+        "digest": str(found.digest) if found.digest else None,
+        "media_type": found.media_type,
+        "since": found.since.isoformat() if found.since else None,
+        "last_check": found.last_check_at.isoformat() if found.last_check_at else None,
+        "result": found.last_outcome.value if found.last_outcome else None,
+        "error": found.last_error,
+        "last_change": found.last_change_at.isoformat() if found.last_change_at else None,
+    }
