@@ -1,0 +1,91 @@
+"""pytest fixtures giving the real components and doubles of tests/real and tests/fakes.
+
+Loaded through `pytest_plugins = ["tests.fixtures"]` in tests/conftest.py. The registry
+is shared by the session, so tests keep apart by pushing to their own
+`repository_name`; the hub double and the receiver are fresh for each test.
+"""
+
+import re
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.hub import HubDouble
+from tests.real import ports
+from tests.real.receiver import Receiver
+from tests.real.registry import (
+    BasicCredential,
+    RegistryServer,
+    ToolMissingError,
+    start_registry,
+)
+
+_REPOSITORY_COMPONENT_MAX = 40
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[RegistryServer]:
+    """Give a real `docker-registry` on 127.0.0.1, without auth, for the session.
+
+    Fails (not skips) when the binary is missing: CI installs it, so a missing
+    registry is a broken environment, not an optional feature.
+    """
+    try:
+        server = start_registry()
+    except ToolMissingError as exc:
+        pytest.fail(f"{exc}; integration tests need a real registry", pytrace=False)
+
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def basic_auth_registry() -> Iterator[RegistryServer]:
+    """Give a real `docker-registry` that demands HTTP basic auth (htpasswd).
+
+    `.credential` holds the accepted user and password. Skips when Apache's
+    `htpasswd` is missing; fails when the registry itself is.
+    """
+    credential = BasicCredential("watcher", secrets.token_urlsafe(12))
+    try:
+        server = start_registry(credential=credential)
+    except ToolMissingError as exc:
+        if exc.tool == "htpasswd":
+            pytest.skip(f"{exc}; it writes the bcrypt htpasswd file")
+
+        pytest.fail(f"{exc}; integration tests need a real registry", pytrace=False)
+
+    with server:
+        yield server
+
+
+@pytest.fixture
+def repository_name(request: pytest.FixtureRequest) -> str:
+    """Give a repository name no other test uses: `test/<test name>-<random hex>`."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
+    slug = slug[:_REPOSITORY_COMPONENT_MAX].strip("-") or "repository"
+    return f"test/{slug}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def hub(registry: RegistryServer) -> Iterator[HubDouble]:
+    """Give a Docker-Hub-like double (tokens, rate limits) before the session registry.
+
+    Push images to `registry.url` (the double is read-only); read through `hub.url`.
+    """
+    with HubDouble(registry.url) as double:
+        yield double
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """Give a running HTTP receiver; `receiver.apprise_url()` is the Apprise target."""
+    with Receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def free_port() -> int:
+    """Give a TCP port on 127.0.0.1 that was free a moment ago."""
+    return ports.free_port()

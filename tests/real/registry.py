@@ -1,0 +1,290 @@
+"""A real registry for integration tests: Debian's `docker-registry` (CNCF distribution).
+
+`start_registry()` runs the binary on 127.0.0.1 with filesystem storage in a temporary
+directory, optionally behind htpasswd basic auth, and waits until `GET /v2/` answers.
+`RegistryServer.stop()` kills the process it started (by PID) and removes the directory.
+Imports nothing from watcher.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.real.ports import LOOPBACK, free_port
+
+REGISTRY_BINARY = Path("/usr/bin/docker-registry")
+REGISTRY_INSTALL_HINT = "apt-get install docker-registry"
+HTPASSWD_INSTALL_HINT = "apt-get install apache2-utils"
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 10.0
+STOP_TIMEOUT_SECONDS = 5.0
+_POLL_INTERVAL_SECONDS = 0.05
+_PORT_ATTEMPTS = 3
+
+
+class ToolMissingError(RuntimeError):
+    """A program the fixture needs is not installed; `hint` says how to get it."""
+
+    def __init__(self, tool: str, hint: str) -> None:
+        self.tool = tool
+        self.hint = hint
+        super().__init__(f"{tool} is not installed; install it with `{hint}`")
+
+
+class RegistryStartError(RuntimeError):
+    """The registry process exited or never answered `GET /v2/`."""
+
+
+@dataclass(frozen=True, slots=True)
+class BasicCredential:
+    """A user and password the registry's htpasswd file accepts."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def as_auth(self) -> tuple[str, str]:
+        """Return the pair httpx takes as `auth=` for HTTP basic auth."""
+        return (self.username, self.password)
+
+
+@dataclass(slots=True, weakref_slot=True)
+class RegistryServer:
+    """A running `docker-registry` process; `stop()` is idempotent.
+
+    Should `stop()` never be called (a crashed fixture, a test that forgot), the
+    process is still killed and the directory removed when this object is
+    garbage-collected or, at the latest, when the interpreter exits.
+    """
+
+    url: str
+    host: str
+    root: Path
+    credential: BasicCredential | None
+    process: subprocess.Popen[bytes]
+    stderr_path: Path
+    _workdir: Path
+    _finalizer: "weakref.finalize[[subprocess.Popen[bytes], Path], RegistryServer]" = (
+        field(init=False, repr=False)
+    )
+
+    def __post_init__(self) -> None:
+        self._finalizer = weakref.finalize(self, _clean_up, self.process, self._workdir)
+
+    @property
+    def stderr(self) -> str:
+        """Return what the registry has logged so far (level warn and above)."""
+        return _read_text(self.stderr_path)
+
+    def stop(self) -> None:
+        """Stop the process this object started and delete its storage."""
+        self._finalizer()
+
+    def __enter__(self) -> "RegistryServer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_registry(
+    *,
+    credential: BasicCredential | None = None,
+    binary: Path = REGISTRY_BINARY,
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
+) -> RegistryServer:
+    """Start `docker-registry` on a free 127.0.0.1 port and wait until it answers.
+
+    Args:
+        credential: when given, the registry demands HTTP basic auth (htpasswd,
+            bcrypt) and answers 401 with `WWW-Authenticate: Basic realm=...`.
+        startup_timeout: seconds to wait for `GET /v2/` before giving up.
+
+    Raises:
+        ToolMissingError: the registry binary, or `htpasswd` when a credential is
+            asked for, is not installed.
+        RegistryStartError: the process exited or did not answer in time; the
+            message holds its stderr.
+    """
+    if not binary.is_file():
+        raise ToolMissingError(str(binary), REGISTRY_INSTALL_HINT)
+
+    workdir = Path(tempfile.mkdtemp(prefix="watcher-registry-"))
+    try:
+        (workdir / "storage").mkdir()
+        htpasswd = _write_htpasswd(workdir, credential) if credential else None
+        return _start_on_free_port(
+            binary, workdir, htpasswd, credential, startup_timeout
+        )
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _start_on_free_port(
+    binary: Path,
+    workdir: Path,
+    htpasswd: Path | None,
+    credential: BasicCredential | None,
+    startup_timeout: float,
+) -> RegistryServer:
+    # free_port() releases the port before the registry binds it; another process
+    # can take it in between, so a bind failure is retried on a fresh port.
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        port = free_port()
+        url = f"http://{LOOPBACK}:{port}"
+        config = _write_config(workdir, port, htpasswd)
+        stderr_path = workdir / f"stderr-{attempt}.log"
+        process = _spawn(binary, config, stderr_path)
+        try:
+            _wait_until_ready(url, process, stderr_path, startup_timeout)
+        except RegistryStartError:
+            _stop_process(process)
+            in_use = "address already in use" in _read_text(stderr_path)
+            if in_use and attempt < _PORT_ATTEMPTS:
+                continue
+
+            raise
+        except BaseException:
+            _stop_process(process)
+            raise
+
+        return RegistryServer(
+            url=url,
+            host=f"{LOOPBACK}:{port}",
+            root=workdir / "storage",
+            credential=credential,
+            process=process,
+            stderr_path=stderr_path,
+            _workdir=workdir,
+        )
+
+    msg = f"docker-registry: no free port after {_PORT_ATTEMPTS} attempts"
+    raise RegistryStartError(msg)
+
+
+def _write_config(workdir: Path, port: int, htpasswd: Path | None) -> Path:
+    # http.debug is left out, so no debug server starts. JSON strings are valid
+    # YAML scalars, which keeps paths with odd characters safe without PyYAML.
+    lines = [
+        "version: 0.1",
+        "log:",
+        "  level: warn",
+        "  accesslog:",
+        "    disabled: true",
+        "storage:",
+        "  filesystem:",
+        f"    rootdirectory: {json.dumps(str(workdir / 'storage'))}",
+        "  delete:",
+        "    enabled: true",
+        "  maintenance:",
+        "    uploadpurging:",
+        "      enabled: false",
+        "http:",
+        f"  addr: {LOOPBACK}:{port}",
+        f"  secret: {secrets.token_hex(16)}",
+    ]
+    if htpasswd is not None:
+        lines += [
+            "auth:",
+            "  htpasswd:",
+            "    realm: watcher-test-registry",
+            f"    path: {json.dumps(str(htpasswd))}",
+        ]
+
+    config = workdir / "config.yml"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return config
+
+
+def _write_htpasswd(workdir: Path, credential: BasicCredential) -> Path:
+    # distribution only accepts bcrypt entries; Python's stdlib has no bcrypt and
+    # the `bcrypt` package is not a test dependency, so Apache's tool makes them.
+    tool_name = "htpasswd"
+    tool = shutil.which(tool_name)
+    if tool is None:
+        raise ToolMissingError(tool_name, HTPASSWD_INSTALL_HINT)
+
+    result = subprocess.run(
+        [tool, "-Bbn", credential.username, credential.password],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    if result.returncode != 0:
+        stderr = result.stderr.decode(errors="replace").strip()
+        msg = f"htpasswd -Bbn exited with {result.returncode}: {stderr}"
+        raise RegistryStartError(msg)
+
+    path = workdir / "htpasswd"
+    path.write_bytes(result.stdout)
+    return path
+
+
+def _spawn(binary: Path, config: Path, stderr_path: Path) -> subprocess.Popen[bytes]:
+    # REGISTRY_* variables override config.yml in distribution; drop any the
+    # developer has exported so the file above is the whole configuration.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    with stderr_path.open("wb") as stderr:
+        return subprocess.Popen(
+            [str(binary), "serve", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+def _wait_until_ready(
+    url: str, process: subprocess.Popen[bytes], stderr_path: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                msg = f"docker-registry exited with {process.returncode} before answering GET {url}/v2/; its output:\n{_read_text(stderr_path)}"
+                raise RegistryStartError(msg)
+
+            try:
+                response = client.get(f"{url}/v2/")
+            except httpx.TransportError:
+                time.sleep(_POLL_INTERVAL_SECONDS)
+                continue
+
+            # 401 is the ready answer of a registry with htpasswd auth.
+            if response.status_code in (200, 401):
+                return
+
+            time.sleep(_POLL_INTERVAL_SECONDS)
+
+    msg = f"docker-registry did not answer GET {url}/v2/ within {timeout} s; its output:\n{_read_text(stderr_path)}"
+    raise RegistryStartError(msg)
+
+
+def _clean_up(process: subprocess.Popen[bytes], workdir: Path) -> None:
+    _stop_process(process)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
