@@ -121,12 +121,32 @@ class TestLoad:
         problems = problems_of(path)
 
         assert len(problems) == 6
-        assert any(p.startswith("line 1: interval: expected a duration") for p in problems)
-        assert any(p.startswith("line 2: colour: unknown key; expected one of:") for p in problems)
-        assert any(p.startswith('line 5: registries."ghcr.io".endpoint: expected an http://') for p in problems)
-        assert any(p.startswith('line 6: registries."ghcr.io".concurency: unknown key') and "concurrency" in p for p in problems)
-        assert any(p.startswith("line 12: watch[1].image: parse reference 'Nginx:1': repository must be lowercase") for p in problems)
-        assert any(p.startswith("line 13: watch[1].interval: expected a duration") for p in problems)
+        assert any(
+            p.startswith("line 1: interval: expected a duration") for p in problems
+        )
+        assert any(
+            p.startswith("line 2: colour: unknown key; expected one of:")
+            for p in problems
+        )
+        assert any(
+            p.startswith('line 5: registries."ghcr.io".endpoint: expected an http://')
+            for p in problems
+        )
+        assert any(
+            p.startswith('line 6: registries."ghcr.io".concurency: unknown key')
+            and "concurrency" in p
+            for p in problems
+        )
+        assert any(
+            p.startswith(
+                "line 12: watch[1].image: parse reference 'Nginx:1': repository must be lowercase"
+            )
+            for p in problems
+        )
+        assert any(
+            p.startswith("line 13: watch[1].interval: expected a duration")
+            for p in problems
+        )
 
     def test_missing_environment_variable_names_it_and_the_fix(self, tmp_path):
         path = write(

@@ -24,6 +24,9 @@ from watcher.store import AsyncStore, MessagesFor, Outcome, Recorded
 
 log = get_logger("watcher.check")
 
+#: Failures that say the registry itself is out of reach, not that one tag is bad.
+UNREACHABLE_REASONS = frozenset({"dns", "connect", "tls", "timeout"})
+
 
 class Resolver(Protocol):
     """What a check needs of the registry client."""
@@ -98,6 +101,7 @@ class Checker:
         self._on_change = on_change
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
+        self._unreachable: set[str] = set()
 
     async def check(self, reference: Reference) -> CheckResult:
         """Check ``reference`` once and record what was found."""
@@ -118,7 +122,7 @@ class Checker:
                     at=result.checked_at,
                     reason=result.reason,
                 )
-                _log_result(result)
+                self._log_result(result)
         return result
 
     async def check_all(self, references: Iterable[Reference]) -> list[CheckResult]:
@@ -144,7 +148,9 @@ class Checker:
                 notify_first_seen=self._notify_first_seen,
             )
         except StoreError as exc:
-            log.error("check.not_recorded", error=type(exc).__name__, error_msg=str(exc))
+            log.error(
+                "check.not_recorded", error=type(exc).__name__, error_msg=str(exc)
+            )
             return CheckResult(
                 reference, Outcome.ERROR, checked_at, error=str(exc), reason="store"
             )
@@ -169,13 +175,35 @@ class Checker:
                 self._store.sync.record_failure, reference, checked_at, reason, message
             )
         except StoreError as exc:
-            log.error("check.not_recorded", error=type(exc).__name__, error_msg=str(exc))
+            log.error(
+                "check.not_recorded", error=type(exc).__name__, error_msg=str(exc)
+            )
         return CheckResult(
             reference, Outcome.ERROR, checked_at, error=message, reason=reason
         )
 
+    def _log_result(self, result: CheckResult) -> None:
+        """Log the result; an unreachable registry is logged once, not once per tag."""
+        registry = result.reference.registry
+        if result.reason in UNREACHABLE_REASONS:
+            if registry not in self._unreachable:
+                self._unreachable.add(registry)
+                log.error(
+                    "registry.unreachable",
+                    registry=registry,
+                    reason=result.reason,
+                    error_msg=result.error,
+                )
+            log.debug("check.failed", reason=result.reason, error_msg=result.error)
+            return
 
-def _log_result(result: CheckResult) -> None:
+        if result.outcome is not Outcome.ERROR and registry in self._unreachable:
+            self._unreachable.discard(registry)
+            log.info("registry.reachable", registry=registry)
+        _log_outcome(result)
+
+
+def _log_outcome(result: CheckResult) -> None:
     if result.outcome is Outcome.ERROR:
         log.warning("check.failed", reason=result.reason, error_msg=result.error)
     elif result.outcome is Outcome.CHANGED:

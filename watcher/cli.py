@@ -46,7 +46,9 @@ ConfigOption = Annotated[
         dir_okay=False,
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON instead of a table.")
+]
 DebugOption = Annotated[
     bool, typer.Option("--debug", help="Log at DEBUG and show tracebacks on errors.")
 ]
@@ -63,7 +65,9 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """Watch container image tags and record every digest change."""
@@ -166,7 +170,7 @@ def main() -> None:
 
 
 async def _run(settings: config.Settings) -> None:
-    from watcher.service import Service, stop_on_signals  # noqa: PLC0415 - heavy
+    from watcher.service import Service, stop_on_signals
 
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -175,7 +179,7 @@ async def _run(settings: config.Settings) -> None:
 
 
 async def _check_once(settings: config.Settings) -> list[CheckResult]:
-    from watcher.service import Service  # noqa: PLC0415 - heavy
+    from watcher.service import Service
 
     async with Service(settings) as service:
         return await service.check_once()
@@ -224,7 +228,11 @@ def _fail(message: str, code: int) -> NoReturn:
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        print(
+            "  ".join(
+                cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
 
 
 def _when(value: datetime | None) -> str:
@@ -277,5 +285,7 @@ def _status_json(image: str, found: ImageStatus | None) -> dict[str, Any]:
         "last_check": found.last_check_at.isoformat() if found.last_check_at else None,
         "result": found.last_outcome.value if found.last_outcome else None,
         "error": found.last_error,
-        "last_change": found.last_change_at.isoformat() if found.last_change_at else None,
+        "last_change": found.last_change_at.isoformat()
+        if found.last_change_at
+        else None,
     }

@@ -31,7 +31,7 @@ from watcher.reference import DOCKER_HUB, Reference
 
 DEFAULT_DATABASE_URL = "sqlite:///watcher.db"
 DEFAULT_CHECK_INTERVAL_SECONDS = 6 * 3600
-DEFAULT_LISTEN = "0.0.0.0:9877"  # noqa: S104 - a service in a container must
+DEFAULT_LISTEN = "0.0.0.0:9877"
 DEFAULT_CONCURRENCY = 64
 DEFAULT_REGISTRY_CONCURRENCY = 8
 DEFAULT_HTTP_TIMEOUT_SECONDS = 30.0
@@ -50,7 +50,7 @@ def parse_duration(value: object) -> float:
     """Seconds in a duration: ``"1h30m"``, ``"45s"``, or a bare number of seconds."""
     if isinstance(value, bool):
         msg = f"expected {_DURATION_FORM}, got {value!r}"
-        raise ValueError(msg)
+        raise ValueError(msg)  # noqa: TRY004 - pydantic reports ValueError as a problem
 
     if isinstance(value, int | float):
         seconds = float(value)
@@ -175,7 +175,9 @@ class NotifySettings(_Model):
     def _urls_have_a_scheme(cls, value: list[SecretStr]) -> list[SecretStr]:
         for url in value:
             if "://" not in url.get_secret_value():
-                msg = "expected an Apprise URL such as 'json://host/path' (scheme://...)"
+                msg = (
+                    "expected an Apprise URL such as 'json://host/path' (scheme://...)"
+                )
                 raise ValueError(msg)
         return value
 
@@ -251,9 +253,9 @@ def registry_name(key: str) -> str:
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[::]:9877`` for IPv6) into host and port."""
+    """Split ``host:port`` (``[::]:9877`` for IPv6) into host and port; port 0 picks one."""
     host, colon, port = value.rpartition(":")
-    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+    if not colon or not port.isdigit() or not 0 <= int(port) < 65536:
         msg = f"expected host:port such as '0.0.0.0:9877', got {value!r}"
         raise ValueError(msg)
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
@@ -306,7 +308,9 @@ def _resolve_secrets(
 
         secret = environ.get(registry.password_env)
         if not secret:
-            where = locator.where(("registries", _original_key(text, name), "password_env"))
+            where = locator.where(
+                ("registries", _original_key(text, name), "password_env")
+            )
             problems.append(
                 f"{where}: environment variable {registry.password_env} is not set; "
                 f"export it with the password for {registry.username}@{name}"
@@ -337,7 +341,9 @@ def _duplicate_watches(settings: Settings, locator: _KeyLocator) -> list[str]:
 
 def _original_key(text: str, name: str) -> str:
     """The registry key as written in the file, which may be an alias of ``name``."""
-    for match in re.finditer(r'^\s*\[registries\.(?:"([^"]+)"|([^\]\s]+))\]', text, re.M):
+    for match in re.finditer(
+        r'^\s*\[registries\.(?:"([^"]+)"|([^\]\s]+))\]', text, re.M
+    ):
         written = match[1] or match[2]
         if registry_name(written) == name:
             return written
@@ -358,7 +364,9 @@ def _describe(error: Mapping[str, Any], locator: _KeyLocator) -> str:
 def _known_keys(loc: Sequence[Any]) -> str:
     model: type[BaseModel] = Settings
     for part in loc[:-1]:
-        if isinstance(part, int) or model is not Settings and part not in model.model_fields:
+        if isinstance(part, int) or (
+            model is not Settings and part not in model.model_fields
+        ):
             continue
         field = model.model_fields.get(str(part))
         if field is None:

@@ -188,7 +188,9 @@ class Metrics:
         if rate_limit.remaining is not None:
             self.ratelimit_remaining.labels(registry, source).set(rate_limit.remaining)
         if rate_limit.window_seconds is not None:
-            self.ratelimit_window.labels(registry, source).set(rate_limit.window_seconds)
+            self.ratelimit_window.labels(registry, source).set(
+                rate_limit.window_seconds
+            )
         self.ratelimit_updated.labels(registry, source).set_to_current_time()
 
     def watches_configured(self, images: Iterable[str]) -> None:

@@ -108,7 +108,8 @@ class AppriseNotifier:
         if not sender.add(secret):
             raise NotifyError(target.key, "Apprise does not accept this URL")
 
-        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
+        capture = apprise.LogCapture(level=logging.WARNING, fmt="%(message)s")  # type: ignore[no-untyped-call]  # Apprise ships no types for it
+        with capture as captured:
             delivered = sender.notify(body=body, title=title)
         if not delivered:
             reason = " ".join(captured.getvalue().split()) or "no reason given"

@@ -65,7 +65,9 @@ class Courier:
     async def deliver_due(self) -> DeliveryReport:
         """Send every message whose time has come and record each outcome."""
         async with self._lock:
-            due = await self._store.call(self._store.sync.due_notifications, self._clock())
+            due = await self._store.call(
+                self._store.sync.due_notifications, self._clock()
+            )
             outcomes = [await self._deliver(message) for message in due]
             pending = await self._store.call(self._store.sync.count_pending)
         self._metrics.notifications_pending.set(pending)
@@ -85,10 +87,14 @@ class Courier:
             await self._notifier.send(target, message.title, message.body)
         except NotifyError as exc:
             age = self._clock() - message.created_at
-            return await self._failed(message, target.scheme, str(exc), give_up=age >= self._max_age)
+            return await self._failed(
+                message, target.scheme, str(exc), give_up=age >= self._max_age
+            )
 
         try:
-            await self._store.call(self._store.sync.mark_delivered, message.id, self._clock())
+            await self._store.call(
+                self._store.sync.mark_delivered, message.id, self._clock()
+            )
         except StoreError as exc:
             # Sent but not marked: it goes out once more after the store recovers.
             log.error("notify.unmarked", notifier=target.scheme, error_msg=str(exc))
@@ -106,7 +112,12 @@ class Courier:
         outcome = "failed" if give_up else "retry"
         self._metrics.notification_attempted(scheme, outcome)
         if give_up:
-            log.error("notify.failed", notifier=scheme, notification_id=message.id, error_msg=error)
+            log.error(
+                "notify.failed",
+                notifier=scheme,
+                notification_id=message.id,
+                error_msg=error,
+            )
         else:
             log.warning(
                 "retry.scheduled",
@@ -119,6 +130,6 @@ class Courier:
         return outcome
 
     def _backoff(self, attempts: int) -> timedelta:
-        """Exponential backoff with full jitter, capped at the longest retry."""
-        ceiling = min(self._first_retry * 2**attempts, self._longest_retry)
+        """Exponential backoff, capped at the longest retry, with up to half as jitter."""
+        ceiling: timedelta = min(self._first_retry * 2**attempts, self._longest_retry)
         return ceiling * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto

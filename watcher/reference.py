@@ -50,7 +50,9 @@ class Digest:
         algorithm, hex_ = match["algorithm"], match["hex"]
         expected = _DIGEST_HEX_LENGTH.get(algorithm)
         if expected is None:
-            msg = f"digest {text!r} uses {algorithm!r}; only sha256 and sha512 are known"
+            msg = (
+                f"digest {text!r} uses {algorithm!r}; only sha256 and sha512 are known"
+            )
             raise ValueError(msg)
 
         if len(hex_) != expected:

@@ -36,7 +36,7 @@ async def guarded(job_id: str, run: Callable[[], Awaitable[object]]) -> None:
     """Run one job; whatever it raises is logged and never reaches the scheduler."""
     try:
         await run()
-    except Exception:  # noqa: BLE001 - the one place a bug must not stop the service
+    except Exception:
         log.exception("job.crashed", job_id=job_id)
 
 

@@ -88,14 +88,20 @@ class Service:
         await self.courier.deliver_due()
         return results
 
-    async def run(self, stop: asyncio.Event, *, healthy: Callable[[], bool] | None = None) -> None:
+    async def run(
+        self, stop: asyncio.Event, *, healthy: Callable[[], bool] | None = None
+    ) -> None:
         """Serve metrics and check on schedule until ``stop`` is set."""
         host, port = parse_listen(self.settings.listen)
         server = MetricsServer(
             self.metrics, host, port, healthy=healthy or (lambda: not stop.is_set())
         )
         server.start()
-        log.info("service.started", listen=f"{host}:{server.port}", watches=len(self.settings.watch))
+        log.info(
+            "service.started",
+            listen=f"{host}:{server.port}",
+            watches=len(self.settings.watch),
+        )
 
         jobs = scheduler.build(self._jobs(), start_at=utc_now())
         courier = asyncio.create_task(self._deliver_on_change(stop))

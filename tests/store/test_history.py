@@ -18,7 +18,11 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def one_message(change):
-    return [OwedMessage("json-abc", "changed", f"{change.old_digest} -> {change.new_digest}")]
+    return [
+        OwedMessage(
+            "json-abc", "changed", f"{change.old_digest} -> {change.new_digest}"
+        )
+    ]
 
 
 def record(store, digest, at, messages_for=one_message, **kwargs):
@@ -33,7 +37,11 @@ class TestRecordDigest:
         assert recorded.notifications == 0
         assert store.due_notifications(T0) == []
         (period,) = store.history(ALPINE)
-        assert (period.digest, period.first_seen, period.ended_at) == (DIGEST_A, T0, None)
+        assert (period.digest, period.first_seen, period.ended_at) == (
+            DIGEST_A,
+            T0,
+            None,
+        )
 
     def test_first_digest_notifies_when_asked(self, store):
         recorded = record(store, DIGEST_A, T0, notify_first_seen=True)
@@ -61,8 +69,16 @@ class TestRecordDigest:
         assert recorded.outcome is Outcome.CHANGED
         assert recorded.previous_digest == DIGEST_A
         old, new = store.history(ALPINE)
-        assert (old.digest, old.last_seen, old.ended_at) == (DIGEST_A, T0 + timedelta(hours=1), changed_at)
-        assert (new.digest, new.first_seen, new.ended_at) == (DIGEST_B, changed_at, None)
+        assert (old.digest, old.last_seen, old.ended_at) == (
+            DIGEST_A,
+            T0 + timedelta(hours=1),
+            changed_at,
+        )
+        assert (new.digest, new.first_seen, new.ended_at) == (
+            DIGEST_B,
+            changed_at,
+            None,
+        )
         (status,) = store.statuses()
         assert (status.digest, status.last_change_at) == (DIGEST_B, changed_at)
 
@@ -70,13 +86,16 @@ class TestRecordDigest:
         record(store, DIGEST_A, T0)
 
         def broken(change):
-            raise RuntimeError("template failed")
+            msg = "template failed"
+            raise RuntimeError(msg)
 
         with pytest.raises(RuntimeError):
             record(store, DIGEST_B, T0 + timedelta(hours=1), messages_for=broken)
 
         assert [p.digest for p in store.history(ALPINE)] == [DIGEST_A]
-        assert record(store, DIGEST_B, T0 + timedelta(hours=2)).outcome is Outcome.CHANGED
+        assert (
+            record(store, DIGEST_B, T0 + timedelta(hours=2)).outcome is Outcome.CHANGED
+        )
         assert len(store.due_notifications(T0 + timedelta(hours=2))) == 1
 
     def test_flip_back_to_an_old_digest_is_a_new_change(self, store):
@@ -85,21 +104,32 @@ class TestRecordDigest:
         recorded = record(store, DIGEST_A, T0 + timedelta(hours=2))
 
         assert recorded.outcome is Outcome.CHANGED
-        assert [p.digest for p in store.history(ALPINE)] == [DIGEST_A, DIGEST_B, DIGEST_A]
+        assert [p.digest for p in store.history(ALPINE)] == [
+            DIGEST_A,
+            DIGEST_B,
+            DIGEST_A,
+        ]
         assert len(store.due_notifications(T0 + timedelta(hours=2))) == 2
 
     def test_failure_is_recorded_without_touching_history(self, store):
         record(store, DIGEST_A, T0)
 
-        store.record_failure(ALPINE, T0 + timedelta(hours=1), "timeout", "HEAD timed out")
+        store.record_failure(
+            ALPINE, T0 + timedelta(hours=1), "timeout", "HEAD timed out"
+        )
 
         (status,) = store.statuses()
         assert status.last_outcome is Outcome.ERROR
-        assert (status.last_error_reason, status.last_error) == ("timeout", "HEAD timed out")
+        assert (status.last_error_reason, status.last_error) == (
+            "timeout",
+            "HEAD timed out",
+        )
         assert status.digest == DIGEST_A
         assert len(store.history(ALPINE)) == 1
 
-    def test_racing_writers_record_one_change_and_one_message(self, store, database_url):
+    def test_racing_writers_record_one_change_and_one_message(
+        self, store, database_url
+    ):
         """Two `watcher check` runs at once must not announce the same change twice."""
         record(store, DIGEST_A, T0)
         stores = [open_store(database_url) for _ in range(6)]

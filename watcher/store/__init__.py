@@ -56,7 +56,9 @@ class AsyncStore:
         self.sync = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 
-    async def call(self, method: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    async def call(
+        self, method: Callable[P, R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
         """Run ``method`` (a ``Store`` method) on the writer thread and await it."""
         loop = asyncio.get_running_loop()
         bound = functools.partial(method, *args, **kwargs)

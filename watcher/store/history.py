@@ -144,7 +144,8 @@ class Store:
             except IntegrityError:
                 if attempt + 1 == _RECORD_ATTEMPTS:
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        msg = "unreachable: the last attempt re-raises"
+        raise AssertionError(msg)  # pragma: no cover
 
     def _record_digest(
         self,
@@ -233,7 +234,9 @@ class Store:
             )
             return [_status(image, period) for image, period in session.exec(statement)]
 
-    def due_notifications(self, now: datetime, limit: int = 100) -> list[PendingNotification]:
+    def due_notifications(
+        self, now: datetime, limit: int = 100
+    ) -> list[PendingNotification]:
         """Pending outbox entries whose next attempt is due, oldest first."""
         with self._transaction() as session:
             statement = (
@@ -345,7 +348,9 @@ def _notification(session: Session, notification_id: int) -> NotificationRow:
     return row
 
 
-def _outbox_row(period: DigestPeriodRow, message: OwedMessage, at: datetime) -> NotificationRow:
+def _outbox_row(
+    period: DigestPeriodRow, message: OwedMessage, at: datetime
+) -> NotificationRow:
     assert period.id is not None  # noqa: S101 - flushed before this is called
     return NotificationRow(
         period_id=period.id,
@@ -365,9 +370,14 @@ def _utc(value: datetime | None) -> datetime | None:
 
 def _period(row: DigestPeriodRow) -> Period:
     first_seen, last_seen = _utc(row.first_seen), _utc(row.last_seen)
-    assert first_seen is not None and last_seen is not None  # noqa: S101 - NOT NULL
+    assert first_seen is not None  # noqa: S101 - NOT NULL
+    assert last_seen is not None  # noqa: S101 - NOT NULL
     return Period(
-        Digest.parse(row.digest), row.media_type, first_seen, last_seen, _utc(row.ended_at)
+        Digest.parse(row.digest),
+        row.media_type,
+        first_seen,
+        last_seen,
+        _utc(row.ended_at),
     )
 
 

@@ -63,7 +63,9 @@ class DigestPeriodRow(SQLModel, table=True):
     media_type: str = Field(max_length=255)
     first_seen: datetime = Field(sa_column=_utc_column(nullable=False))
     last_seen: datetime = Field(sa_column=_utc_column(nullable=False))
-    ended_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    ended_at: datetime | None = Field(
+        default=None, sa_column=_utc_column(nullable=True)
+    )
 
 
 class NotificationRow(SQLModel, table=True):

@@ -1,0 +1,149 @@
+"""The `watcher` command as a user runs it: output, exit codes, error messages."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tests.helpers import write_config
+from tests.real.images import push_image
+from watcher.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def test_check_json_lists_each_image_with_its_digest(
+    tmp_path, registry, repository_name
+):
+    pushed = push_image(registry.url, repository_name, "1", "oci-index")
+    image = f"{registry.host}/{repository_name}:1"
+    path = write_config(tmp_path, watches=[image])
+
+    first = invoke("check", "--config", path, "--json")
+    pushed_again = push_image(registry.url, repository_name, "1", "oci-index")
+    second = invoke("check", "--config", path, "--json")
+
+    assert first.exit_code == 0, first.output
+    (before,) = json.loads(first.stdout)
+    assert before["image"] == image
+    assert before["digest"] == pushed.digest
+    assert (before["previous_digest"], before["changed"], before["error"]) == (
+        None,
+        False,
+        None,
+    )
+    (after,) = json.loads(second.stdout)
+    assert (after["previous_digest"], after["digest"], after["changed"]) == (
+        pushed.digest,
+        pushed_again.digest,
+        True,
+    )
+
+
+def test_check_exits_1_when_any_check_failed(tmp_path, registry, repository_name):
+    push_image(registry.url, repository_name, "1", "docker-v2")
+    path = write_config(
+        tmp_path,
+        watches=[
+            f"{registry.host}/{repository_name}:1",
+            f"{registry.host}/{repository_name}:gone",
+        ],
+    )
+
+    result = invoke("check", "--config", path)
+
+    assert result.exit_code == 1
+    ok_line, failed_line = result.stdout.splitlines()[1:]
+    assert "first_seen" in ok_line
+    assert "error" in failed_line
+    assert "not found" in failed_line.lower()
+
+
+def test_bad_config_exits_2_with_each_problem_and_no_traceback(tmp_path):
+    path = tmp_path / "watcher.toml"
+    path.write_text('interval = "soon"\n[[watch]]\nimage = "Alpine"\n')
+
+    result = invoke("check", "--config", path)
+
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert f"invalid configuration {path}" in result.stderr
+    assert "line 1: interval: expected a duration" in result.stderr
+    assert (
+        "line 3: watch[0].image: parse reference 'Alpine': repository must be lowercase"
+        in result.stderr
+    )
+
+
+def test_unknown_notify_scheme_is_a_config_error_without_the_url(tmp_path):
+    path = write_config(
+        tmp_path, watches=["alpine"], notify=["nosuchscheme://user:TOPSECRET@host/x"]
+    )
+
+    result = invoke("check", "--config", path)
+
+    assert result.exit_code == 2
+    assert (
+        "notify.urls[0]: Apprise does not accept this nosuchscheme:// URL"
+        in result.stderr
+    )
+    assert "TOPSECRET" not in result.output
+
+
+def test_history_shows_every_period(tmp_path, registry, repository_name):
+    first = push_image(registry.url, repository_name, "1", "docker-list")
+    image = f"{registry.host}/{repository_name}:1"
+    path = write_config(tmp_path, watches=[image])
+    invoke("check", "--config", path)
+    second = push_image(registry.url, repository_name, "1", "docker-list")
+    invoke("check", "--config", path)
+
+    table = invoke("history", image, "--config", path)
+    as_json = invoke("history", image, "--config", path, "--json")
+
+    assert table.exit_code == 0
+    assert table.stdout.index(first.digest) < table.stdout.index(second.digest)
+    periods = json.loads(as_json.stdout)
+    assert [p["digest"] for p in periods] == [first.digest, second.digest]
+    assert periods[0]["replaced_at"] is not None
+    assert periods[1]["replaced_at"] is None
+
+
+def test_history_of_unknown_image_says_what_to_do(tmp_path):
+    path = write_config(tmp_path, watches=["alpine"])
+
+    result = invoke("history", "busybox", "--config", path)
+
+    assert result.exit_code == 1
+    assert "no history for docker.io/library/busybox:latest" in result.stderr
+
+
+def test_history_with_bad_reference_exits_2(tmp_path):
+    path = write_config(tmp_path, watches=["alpine"])
+
+    result = invoke("history", "Busybox", "--config", path)
+
+    assert result.exit_code == 2
+    assert "repository must be lowercase; try 'busybox'" in result.stderr
+
+
+def test_status_lists_every_watch_including_unchecked(
+    tmp_path, registry, repository_name
+):
+    pushed = push_image(registry.url, repository_name, "1", "oci-manifest")
+    checked = f"{registry.host}/{repository_name}:1"
+    path = write_config(tmp_path, watches=[checked])
+    invoke("check", "--config", path)
+    path = write_config(tmp_path, watches=[checked, "alpine:3"])
+
+    result = invoke("status", "--config", path, "--json")
+
+    rows = {row["image"]: row for row in json.loads(result.stdout)}
+    assert rows[checked]["digest"] == pushed.digest
+    assert rows[checked]["result"] == "first_seen"
+    assert rows["docker.io/library/alpine:3"]["last_check"] is None

@@ -1,0 +1,148 @@
+"""The outbox: what a change owes is delivered once, retried, or failed visibly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from tests.helpers import load_settings
+from watcher.metrics import Metrics
+from watcher.notify import MessageBuilder, targets_from
+from watcher.reference import Digest, Reference
+from watcher.service import Service
+
+pytestmark = pytest.mark.anyio
+
+IMAGE = Reference.parse("ghcr.io/acme/api:stable")
+OLD = Digest.parse("sha256:" + "1" * 64)
+NEW = Digest.parse("sha256:" + "2" * 64)
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, **delta):
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def record_change(service, urls, clock):
+    builder = MessageBuilder(targets_from(urls))
+    store = service.store.sync
+    store.record_digest(
+        IMAGE, OLD, "application/vnd.oci.image.index.v1+json", clock(), builder
+    )
+    store.record_digest(
+        IMAGE, NEW, "application/vnd.oci.image.index.v1+json", clock(), builder
+    )
+
+
+def sample(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, labels) or 0
+
+
+async def test_receiver_failing_twice_gets_the_message_once(tmp_path, receiver, clock):
+    settings = load_settings(tmp_path, watches=[], notify=[receiver.apprise_url()])
+    metrics = Metrics(CollectorRegistry())
+    receiver.fail_next(2)
+
+    async with Service(settings, metrics=metrics, clock=clock) as service:
+        record_change(service, settings.notify.urls, clock)
+        reports = []
+        for _ in range(6):
+            reports.append(await service.courier.deliver_due())
+            clock.advance(hours=1)
+
+    assert [r.retrying for r in reports[:2]] == [1, 1]
+    assert sum(r.sent for r in reports) == 1
+    (message,) = receiver.wait_for(1)
+    assert len(receiver.requests) == 3
+    assert str(NEW) in message.body["message"]
+    assert (
+        sample(metrics, "watcher_notifications_total", notifier="json", outcome="retry")
+        == 2
+    )
+    assert (
+        sample(metrics, "watcher_notifications_total", notifier="json", outcome="sent")
+        == 1
+    )
+    assert sample(metrics, "watcher_notifications_pending") == 0
+
+
+async def test_retry_waits_for_its_backoff(tmp_path, receiver, clock):
+    settings = load_settings(tmp_path, watches=[], notify=[receiver.apprise_url()])
+    receiver.fail_next(1)
+
+    async with Service(settings, clock=clock) as service:
+        record_change(service, settings.notify.urls, clock)
+        await service.courier.deliver_due()
+        clock.advance(seconds=10)
+        too_early = await service.courier.deliver_due()
+        clock.advance(seconds=60)
+        later = await service.courier.deliver_due()
+
+    assert (too_early.sent, too_early.retrying) == (0, 0)
+    assert later.sent == 1
+
+
+async def test_receiver_down_past_the_retry_age_marks_the_message_failed(
+    tmp_path, receiver, clock
+):
+    settings = load_settings(tmp_path, watches=[], notify=[receiver.apprise_url()])
+    metrics = Metrics(CollectorRegistry())
+    receiver.fail_next(1000)
+
+    with capture_logs() as logs:
+        async with Service(settings, metrics=metrics, clock=clock) as service:
+            record_change(service, settings.notify.urls, clock)
+            failed = 0
+            for _ in range(40):
+                failed += (await service.courier.deliver_due()).failed
+                clock.advance(hours=1)
+            pending = service.store.sync.count_pending()
+
+    assert failed == 1
+    assert pending == 0
+    assert (
+        sample(
+            metrics, "watcher_notifications_total", notifier="json", outcome="failed"
+        )
+        == 1
+    )
+    assert receiver.messages == []
+    (event,) = [e for e in logs if e["event"] == "notify.failed"]
+    assert event["log_level"] == "error"
+    assert "HTTP 500" in event["error_msg"] or "500" in event["error_msg"]
+
+
+async def test_message_for_a_removed_target_fails_with_the_reason(
+    tmp_path, receiver, clock
+):
+    old_settings = load_settings(
+        tmp_path, watches=[], notify=[receiver.apprise_url("/old")]
+    )
+    async with Service(old_settings, clock=clock) as service:
+        record_change(service, old_settings.notify.urls, clock)
+
+    settings = load_settings(
+        tmp_path, watches=[], notify=[receiver.apprise_url("/new")]
+    )
+    with capture_logs() as logs:
+        async with Service(settings, clock=clock) as service:
+            report = await service.courier.deliver_due()
+
+    assert report.failed == 1
+    assert receiver.requests == []
+    (event,) = [e for e in logs if e["event"] == "notify.failed"]
+    assert "no longer in the configuration" in event["error_msg"]

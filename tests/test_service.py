@@ -1,0 +1,208 @@
+"""Check passes against a real registry and a Docker-Hub-like double."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.helpers import load_settings
+from tests.real.images import IMAGE_KINDS, push_image
+from watcher.metrics import Metrics
+from watcher.reference import Reference
+from watcher.service import Service
+from watcher.store import Outcome
+
+pytestmark = pytest.mark.anyio
+
+KINDS = IMAGE_KINDS
+
+
+def sample(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, labels)
+
+
+async def check_once(settings, metrics=None):
+    async with Service(settings, metrics=metrics) as service:
+        return await service.check_once()
+
+
+async def history(settings, image):
+    async with Service(settings) as service:
+        return service.store.sync.history(Reference.parse(image))
+
+
+async def test_each_manifest_kind_resolves_to_the_digest_pushed(
+    tmp_path, registry, repository_name
+):
+    pushed = {
+        kind: push_image(registry.url, repository_name, kind, kind) for kind in KINDS
+    }
+    images = [f"{registry.host}/{repository_name}:{kind}" for kind in KINDS]
+    settings = load_settings(tmp_path, watches=images)
+
+    results = await check_once(settings)
+
+    for kind, result in zip(KINDS, results, strict=True):
+        assert result.error is None, result.error
+        assert str(result.digest) == pushed[kind].digest
+        assert result.media_type == pushed[kind].media_type
+        assert result.outcome is Outcome.FIRST_SEEN
+
+
+async def test_moved_tag_is_recorded_and_notified_once(
+    tmp_path, registry, repository_name, receiver
+):
+    first = push_image(registry.url, repository_name, "1", "oci-index")
+    image = f"{registry.host}/{repository_name}:1"
+    settings = load_settings(tmp_path, watches=[image], notify=[receiver.apprise_url()])
+    metrics = Metrics(CollectorRegistry())
+
+    (baseline,) = await check_once(settings, metrics)
+    second = push_image(registry.url, repository_name, "1", "oci-index")
+    (changed,) = await check_once(settings, metrics)
+    (unchanged,) = await check_once(settings, metrics)
+
+    assert baseline.outcome is Outcome.FIRST_SEEN
+    assert (changed.outcome, str(changed.previous_digest), str(changed.digest)) == (
+        Outcome.CHANGED,
+        first.digest,
+        second.digest,
+    )
+    assert unchanged.outcome is Outcome.UNCHANGED
+
+    (message,) = receiver.wait_for(1)
+    text = f"{message.body['title']}\n{message.body['message']}"
+    assert image in text
+    assert first.digest in text
+    assert second.digest in text
+    assert len(receiver.requests) == 1
+
+    periods = await history(settings, image)
+    assert [str(p.digest) for p in periods] == [first.digest, second.digest]
+    assert periods[0].ended_at == changed.checked_at
+
+
+async def test_metrics_count_results_and_change_time(
+    tmp_path, registry, repository_name
+):
+    push_image(registry.url, repository_name, "1", "docker-v2")
+    image = f"{registry.host}/{repository_name}:1"
+    settings = load_settings(tmp_path, watches=[image])
+    metrics = Metrics(CollectorRegistry())
+
+    await check_once(settings, metrics)
+    push_image(registry.url, repository_name, "1", "docker-v2")
+    (changed,) = await check_once(settings, metrics)
+
+    assert (
+        sample(
+            metrics, "watcher_checks_total", registry=registry.host, result="first_seen"
+        )
+        == 1
+    )
+    assert (
+        sample(
+            metrics, "watcher_checks_total", registry=registry.host, result="changed"
+        )
+        == 1
+    )
+    assert sample(metrics, "watcher_digest_changes_total", registry=registry.host) == 1
+    assert (
+        sample(metrics, "watcher_image_last_change_timestamp_seconds", image=image)
+        == changed.checked_at.timestamp()
+    )
+    assert sample(metrics, "watcher_image_last_check_failed", image=image) == 0
+
+
+async def test_hub_pass_costs_no_pull_and_one_token_per_repository(
+    tmp_path, registry, hub
+):
+    repositories = ["team/api", "team/web", "library/alpine"]
+    images = []
+    for repository in repositories:
+        for tag in ("1", "2"):
+            push_image(registry.url, repository, tag, "oci-index")
+            images.append(
+                f"docker.io/{repository}:{tag}".replace("docker.io/library/", "")
+            )
+    settings = load_settings(
+        tmp_path, watches=images, registries={"docker.io": {"endpoint": hub.url}}
+    )
+    metrics = Metrics(CollectorRegistry())
+
+    results = await check_once(settings, metrics)
+
+    assert [r.error for r in results] == [None] * len(images)
+    assert hub.counts["get_manifest"] == 0
+    assert hub.counts["head_manifest"] == len(images)
+    assert hub.counts["unauthorized"] == 1
+    assert sorted(hub.tokens_by_scope.values()) == [1, 1, 1]
+    source = hub.behaviour.source
+    assert (
+        sample(
+            metrics,
+            "watcher_registry_ratelimit_remaining",
+            registry="docker.io",
+            source=source,
+        )
+        == hub.behaviour.remaining
+    )
+    assert (
+        sample(
+            metrics,
+            "watcher_registry_ratelimit_limit",
+            registry="docker.io",
+            source=source,
+        )
+        == hub.behaviour.limit
+    )
+    assert (
+        sample(
+            metrics,
+            "watcher_registry_ratelimit_window_seconds",
+            registry="docker.io",
+            source=source,
+        )
+        == hub.behaviour.window
+    )
+
+
+async def test_failed_checks_are_recorded_and_do_not_stop_the_others(
+    tmp_path, registry, hub, repository_name, free_port
+):
+    good = push_image(registry.url, repository_name, "1", "oci-manifest")
+    hub.behaviour.credentials = ("robot", "right-password")
+    images = [
+        f"{registry.host}/{repository_name}:1",
+        f"{registry.host}/{repository_name}:no-such-tag",
+        f"127.0.0.1:{free_port}/nothing/listens:here",
+        f"docker.io/{repository_name}:1",
+    ]
+    settings = load_settings(
+        tmp_path, watches=images, registries={"docker.io": {"endpoint": hub.url}}
+    )
+    metrics = Metrics(CollectorRegistry())
+
+    ok, missing, refused, unauthorized = await check_once(settings, metrics)
+
+    assert (ok.outcome, str(ok.digest)) == (Outcome.FIRST_SEEN, good.digest)
+    assert (missing.outcome, missing.reason) == (Outcome.ERROR, "not_found")
+    assert (refused.outcome, refused.reason) == (Outcome.ERROR, "connect")
+    assert (unauthorized.outcome, unauthorized.reason) == (Outcome.ERROR, "auth")
+    assert "no-such-tag" in missing.error
+    assert (
+        sample(
+            metrics,
+            "watcher_check_errors_total",
+            registry=registry.host,
+            reason="not_found",
+        )
+        == 1
+    )
+    assert sample(metrics, "watcher_image_last_check_failed", image=images[1]) == 1
+
+    async with Service(settings) as service:
+        statuses = {s.reference: s for s in service.store.sync.statuses()}
+    assert statuses[images[1]].last_error_reason == "not_found"
+    assert statuses[images[3]].last_outcome is Outcome.ERROR
+    assert statuses[images[0]].digest is not None
