@@ -28,15 +28,16 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check watcher tests
 	$(BIN)/mypy
 
-# The integration tests start Debian's docker-registry (CNCF distribution).
+# The integration tests start Debian's docker-registry (CNCF distribution), one of
+# them behind htpasswd basic auth (htpasswd comes with apache2-utils).
 registry-binary:
-	@if ! command -v docker-registry >/dev/null 2>&1; then \
+	@if ! command -v docker-registry >/dev/null 2>&1 || ! command -v htpasswd >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's docker-registry for the integration tests"; \
+	    echo "installing Debian's docker-registry and apache2-utils for the integration tests"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends docker-registry >/dev/null; \
+	      apt-get install -y -qq --no-install-recommends docker-registry apache2-utils >/dev/null; \
 	  else \
-	    echo "make test needs Debian's docker-registry: run 'sudo apt-get install docker-registry' and try again" >&2; \
+	    echo "make test needs Debian's docker-registry and apache2-utils: run 'sudo apt-get install docker-registry apache2-utils' and try again" >&2; \
 	    exit 1; \
 	  fi; \
 	fi

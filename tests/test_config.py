@@ -148,6 +148,25 @@ class TestLoad:
             for p in problems
         )
 
+    @pytest.mark.parametrize(
+        "endpoint",
+        [
+            "ftp://mirror",
+            "http://",
+            "http://host:99999",
+            "http://ho st",
+            "mirror.example.com",
+        ],
+    )
+    def test_bad_endpoint_is_refused(self, tmp_path, endpoint):
+        path = write(tmp_path, f'[registries."ghcr.io"]\nendpoint = "{endpoint}"\n')
+
+        (problem,) = problems_of(path)
+
+        assert problem.startswith(
+            'line 2: registries."ghcr.io".endpoint: expected an http://'
+        )
+
     def test_missing_environment_variable_names_it_and_the_fix(self, tmp_path):
         path = write(
             tmp_path,

@@ -169,6 +169,12 @@ class TestParse:
                 "bad_host.io:x/app", "not a valid registry host", id="bad-port"
             ),
             pytest.param("ghcr.io/", "repository name is empty", id="no-repository"),
+            pytest.param(
+                "localhost:99999/app",
+                "port 99999 of 'localhost:99999' is not in 1-65535",
+                id="port-too-big",
+            ),
+            pytest.param("localhost:0/app", "port 0", id="port-zero"),
         ],
     )
     def test_rejects_with_quoted_input_and_reason(self, text, why):

@@ -131,8 +131,17 @@ class RegistrySettings(_Model):
         if value is None:
             return None
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            msg = f"expected an http:// or https:// URL, got {value!r}"
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or port == -1
+            or any(ord(char) < 33 for char in value)
+        ):
+            msg = f"expected an http:// or https:// URL such as 'https://mirror.example.com', got {value!r}"
             raise ValueError(msg)
         if parts.username or parts.password:
             msg = "put credentials in username and password_env, not in the URL"

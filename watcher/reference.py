@@ -165,6 +165,10 @@ def _split_registry(text: str) -> tuple[str, str]:
     if not _HOST.fullmatch(first):
         raise InvalidReference(text, f"{first!r} is not a valid registry host[:port]")
 
+    port = first.rpartition(":")[2] if not first.endswith("]") else ""
+    if port.isdigit() and not 0 < int(port) < 65536:
+        raise InvalidReference(text, f"port {port} of {first!r} is not in 1-65535")
+
     registry = first.lower()
     if registry in _DOCKER_HUB_ALIASES:
         registry = DOCKER_HUB
