@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -206,3 +207,40 @@ async def test_failed_checks_are_recorded_and_do_not_stop_the_others(
     assert statuses[images[1]].last_error_reason == "not_found"
     assert statuses[images[3]].last_outcome is Outcome.ERROR
     assert statuses[images[0]].digest is not None
+
+
+async def test_hundreds_of_watches_in_flight_all_resolve(tmp_path, registry, hub):
+    """A pass over 200 tags in 2 repositories, all in flight, pays one 401 in all."""
+    pushed = {}
+    for repository in ("bulk/one", "bulk/two"):
+        pushed[repository] = push_image(
+            registry.url, repository, "base", "oci-manifest"
+        )
+        add_tags(registry.url, pushed[repository], [f"t{n}" for n in range(100)])
+    images = [f"docker.io/{r}:t{n}" for r in pushed for n in range(100)]
+    settings = load_settings(
+        tmp_path,
+        watches=images,
+        concurrency=200,
+        registries={"docker.io": {"endpoint": hub.url, "concurrency": 50}},
+    )
+
+    results = await check_once(settings)
+
+    assert [r.error for r in results] == [None] * 200
+    for result in results:
+        assert str(result.digest) == pushed[result.reference.repository].digest
+    assert hub.counts["unauthorized"] == 1
+    assert sorted(hub.tokens_by_scope.values()) == [1, 1]
+
+
+def add_tags(base_url, image, tags):
+    """Point more tags at a pushed manifest, as `docker tag` and `docker push` do."""
+    with httpx.Client(base_url=base_url) as client:
+        for tag in tags:
+            put = client.put(
+                f"/v2/{image.repository}/manifests/{tag}",
+                content=image.manifest,
+                headers={"Content-Type": image.media_type},
+            )
+            put.raise_for_status()
