@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from watcher.errors import ConfigError, InvalidReference
-from watcher.reference import DOCKER_HUB, Reference
+from watcher.reference import DOCKER_HUB, Platform, Reference
 
 DEFAULT_DATABASE_URL = "sqlite:///watcher.db"
 DEFAULT_CHECK_INTERVAL_SECONDS = 6 * 3600
@@ -35,6 +35,11 @@ DEFAULT_LISTEN = "0.0.0.0:9877"
 DEFAULT_CONCURRENCY = 64
 DEFAULT_REGISTRY_CONCURRENCY = 8
 DEFAULT_HTTP_TIMEOUT_SECONDS = 30.0
+#: Retries of a request that failed in a way that may pass (5xx, 429, network).
+DEFAULT_RETRIES = 3
+#: Docker Hub's registry API and its token realm live on different hosts; the
+#: Docker CLI sends Hub credentials to auth.docker.io, and so do we by default.
+DEFAULT_REALM_HOSTS = {"docker.io": frozenset({"auth.docker.io"})}
 #: Jitter spreads checks of one interval so that many watches do not fire at once.
 DEFAULT_JITTER_FRACTION = 0.1
 MAX_DEFAULT_JITTER_SECONDS = 300.0
@@ -110,6 +115,15 @@ def _parse_reference(value: object) -> Reference:
         raise ValueError(str(exc)) from exc
 
 
+def _parse_platform(value: object) -> Platform:
+    if isinstance(value, Platform):
+        return value
+    if not isinstance(value, str):
+        msg = f"expected a platform such as 'linux/arm64', got {value!r}"
+        raise ValueError(msg)  # noqa: TRY004 - pydantic reports ValueError as a problem
+    return Platform.parse(value)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -120,9 +134,19 @@ class RegistrySettings(_Model):
     endpoint: str | None = None
     username: str | None = None
     password_env: str | None = None
+    password_file: Path | None = None
     concurrency: int = Field(default=DEFAULT_REGISTRY_CONCURRENCY, ge=1, le=1000)
     timeout: Duration = DEFAULT_HTTP_TIMEOUT_SECONDS
-    #: Filled from ``password_env`` by ``load``; never read from the file itself.
+    retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=10)
+    #: A PEM bundle of the CAs that sign this registry's certificate.
+    ca_file: Path | None = None
+    #: Skip TLS certificate verification: only for a registry you trust by network.
+    insecure: bool = False
+    #: Hosts of token realms, other than the registry's own, that may receive this
+    #: registry's credentials. Unset: the registry's built-in default, if any.
+    realm_hosts: list[str] | None = None
+    #: Filled from ``password_env`` or ``password_file`` by ``load``, never from
+    #: the file itself.
     password: SecretStr | None = Field(default=None, exclude=True)
 
     @field_validator("endpoint")
@@ -150,10 +174,20 @@ class RegistrySettings(_Model):
 
     @model_validator(mode="after")
     def _password_needs_username(self) -> RegistrySettings:
-        if self.password_env is not None and self.username is None:
-            msg = "password_env is set but username is not; set both"
+        if self.password_env is not None and self.password_file is not None:
+            msg = "set one of password_env and password_file, not both"
+            raise ValueError(msg)
+        source = "password_env" if self.password_env else "password_file"
+        if (self.password_env or self.password_file) and self.username is None:
+            msg = f"{source} is set but username is not; set both"
             raise ValueError(msg)
         return self
+
+    def realm_hosts_for(self, registry: str) -> frozenset[str]:
+        """Hosts besides the registry's own that its credentials may be sent to."""
+        if self.realm_hosts is not None:
+            return frozenset(host.lower() for host in self.realm_hosts)
+        return DEFAULT_REALM_HOSTS.get(registry, frozenset())
 
 
 class WatchSettings(_Model):
@@ -161,6 +195,15 @@ class WatchSettings(_Model):
 
     image: Annotated[Reference, BeforeValidator(_parse_reference)]
     interval: Duration | None = None
+    #: Follow one platform's manifest inside the tag's index (``linux/arm64``).
+    platform: Annotated[Platform, BeforeValidator(_parse_platform)] | None = None
+
+    @property
+    def name(self) -> str:
+        """How this watch is named everywhere: the reference, and its platform if any."""
+        if self.platform is None:
+            return str(self.image)
+        return f"{self.image} {self.platform}"
 
     @field_validator("image")
     @classmethod
@@ -203,6 +246,9 @@ class Settings(_Model):
     notify_retry: Duration = DEFAULT_NOTIFY_RETRY_SECONDS
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    #: Docker's config.json, for credentials `docker login` stored. Unset: the
+    #: file under $DOCKER_CONFIG, else ~/.docker/config.json.
+    docker_config: Path | None = None
     registries: dict[str, RegistrySettings] = Field(default_factory=dict)
     watch: list[WatchSettings] = Field(default_factory=list)
     notify: NotifySettings = Field(default_factory=NotifySettings)
@@ -330,14 +376,61 @@ def _resolve_secrets(
     problems += _duplicate_watches(settings, locator)
     if problems:
         raise ConfigError(path, problems)
-    return settings.model_copy(update={"registries": registries})
+    docker_config = settings.docker_config or _default_docker_config(environ)
+    return settings.model_copy(
+        update={"registries": registries, "docker_config": docker_config}
+    )
+
+
+def _default_docker_config(environ: Mapping[str, str]) -> Path | None:
+    if environ.get("DOCKER_CONFIG"):
+        return Path(environ["DOCKER_CONFIG"]) / "config.json"
+    if environ.get("HOME"):
+        return Path(environ["HOME"]) / ".docker" / "config.json"
+    return None
+
+
+def _read_password(
+    registry: RegistrySettings, name: str, environ: Mapping[str, str]
+) -> tuple[str | None, str | None]:
+    """The password, or a problem saying why it cannot be had (never the secret)."""
+    account = f"{registry.username}@{name}"
+    if registry.password_env is not None:
+        secret = environ.get(registry.password_env)
+        if not secret:
+            return None, (
+                f"environment variable {registry.password_env} is not set; "
+                f"export it with the password for {account}"
+            )
+        return secret, None
+
+    if registry.password_file is not None:
+        try:
+            secret = registry.password_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            return None, f"cannot read {registry.password_file}: {why}"
+        if not secret:
+            return None, f"{registry.password_file} is empty; put the password for {account} in it"
+        return secret, None
+
+    return None, None
+
+
+def _missing_files(
+    registry: RegistrySettings, key: tuple[str, str], locator: _KeyLocator
+) -> list[str]:
+    if registry.ca_file is None or registry.ca_file.is_file():
+        return []
+    where = locator.where((*key, "ca_file"))
+    return [f"{where}: {registry.ca_file} does not exist; give the path of a PEM CA bundle"]
 
 
 def _duplicate_watches(settings: Settings, locator: _KeyLocator) -> list[str]:
     seen: dict[str, int] = {}
     problems = []
     for index, watch in enumerate(settings.watch):
-        key = str(watch.image)
+        key = watch.name
         if key in seen:
             where = locator.where(("watch", index, "image"))
             problems.append(

@@ -106,6 +106,25 @@ class Metrics:
             registry=r,
         )
 
+        self.manifest_gets = Counter(
+            "watcher_registry_manifest_gets_total",
+            "Manifest GETs sent: each may count as a pull on registries that meter them.",
+            ["registry"],
+            registry=r,
+        )
+        self.head_fallbacks = Counter(
+            "watcher_registry_head_fallbacks_total",
+            "Checks answered by GET because HEAD was refused or gave no digest.",
+            ["registry", "reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "watcher_registry_retries_total",
+            "Registry requests retried after a fault that may pass.",
+            ["registry", "reason"],
+            registry=r,
+        )
+
         self.checks = Counter(
             "watcher_checks_total",
             "Checks of watched tags, by result.",
@@ -192,6 +211,18 @@ class Metrics:
                 rate_limit.window_seconds
             )
         self.ratelimit_updated.labels(registry, source).set_to_current_time()
+
+    def manifest_fetched(self, registry: str) -> None:
+        """Count a manifest GET, which may cost a pull."""
+        self.manifest_gets.labels(registry).inc()
+
+    def head_fallback(self, registry: str, reason: str) -> None:
+        """Count a check answered by GET; ``reason`` is ``no_digest``, ``405`` or ``404``."""
+        self.head_fallbacks.labels(registry, reason).inc()
+
+    def retry_scheduled(self, registry: str, reason: str) -> None:
+        """Count a retry; ``reason`` is an error reason such as ``server_error``."""
+        self.retries.labels(registry, _bounded_reason(reason)).inc()
 
     def watches_configured(self, images: Iterable[str]) -> None:
         """Start each image's series at zero so dashboards see every watch at once."""

@@ -70,6 +70,31 @@ class Digest:
         return self.hex[:12]
 
 
+_PLATFORM_PART = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Platform:
+    """An ``os/architecture[/variant]`` triple such as ``linux/arm/v7``."""
+
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """Parse ``os/arch[/variant]``, or raise ``ValueError`` saying what is wrong."""
+        parts = text.strip().lower().split("/")
+        if not 2 <= len(parts) <= 3 or not all(_PLATFORM_PART.fullmatch(p) for p in parts):
+            msg = f"platform {text!r} is not of the form os/arch[/variant], e.g. 'linux/arm64'"
+            raise ValueError(msg)
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+    def __str__(self) -> str:
+        text = f"{self.os}/{self.architecture}"
+        return f"{text}/{self.variant}" if self.variant else text
+
+
 @dataclass(frozen=True, slots=True)
 class Reference:
     """A normalised image reference: registry, repository, and a tag and/or digest.
