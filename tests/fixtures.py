@@ -1,7 +1,7 @@
 """pytest fixtures giving the real components and doubles of tests/real and tests/fakes.
 
-Loaded through `pytest_plugins = ["tests.fixtures"]` in tests/conftest.py. The registry
-is shared by the session, so tests keep apart by pushing to their own
+Loaded through `pytest_plugins = ["tests.fixtures"]` in tests/conftest.py. The registries
+are shared by the session, so tests keep apart by pushing to their own
 `repository_name`; the hub double and the receiver are fresh for each test.
 """
 
@@ -20,6 +20,7 @@ from tests.real.registry import (
     ToolMissingError,
     start_registry,
 )
+from tests.real.token_server import BearerAuth, TokenRegistry, TokenServer
 
 _REPOSITORY_COMPONENT_MAX = 40
 
@@ -58,6 +59,31 @@ def basic_auth_registry() -> Iterator[RegistryServer]:
 
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def token_registry() -> Iterator[TokenRegistry]:
+    """Give a real `docker-registry` with token auth, behind our own token server.
+
+    Anyone gets a pull token; `.credential` also gets push, and `.push_auth` does
+    the token dance with it for `push_image(..., auth=...)`. The token server
+    (`.token_server`, with `.counts` and `.requests_for()`) lives for the session:
+    compare counts before and after, or look at your own repository's requests.
+    """
+    credential = BasicCredential("pusher", secrets.token_urlsafe(12))
+    with TokenServer(credential=credential) as token_server:
+        try:
+            server = start_registry(token_auth=token_server.token_auth())
+        except ToolMissingError as exc:
+            pytest.fail(f"{exc}; integration tests need a real registry", pytrace=False)
+
+        with server:
+            yield TokenRegistry(
+                registry=server,
+                token_server=token_server,
+                credential=credential,
+                push_auth=BearerAuth(credential),
+            )
 
 
 @pytest.fixture

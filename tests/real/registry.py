@@ -1,7 +1,8 @@
 """A real registry for integration tests: Debian's `docker-registry` (CNCF distribution).
 
 `start_registry()` runs the binary on 127.0.0.1 with filesystem storage in a temporary
-directory, optionally behind htpasswd basic auth, and waits until `GET /v2/` answers.
+directory, optionally behind htpasswd basic auth or bearer tokens from a token server
+(`TokenAuth`), and waits until `GET /v2/` answers.
 `RegistryServer.stop()` kills the process it started (by PID) and removes the directory.
 Imports nothing from watcher.
 """
@@ -55,6 +56,21 @@ class BasicCredential:
         return (self.username, self.password)
 
 
+@dataclass(frozen=True, slots=True)
+class TokenAuth:
+    """The `auth: token:` settings of a registry that takes bearer tokens.
+
+    `realm` is the token endpoint its challenges name. Tokens must carry `issuer`
+    as `iss` and `service` as `aud`, and be signed by a key whose certificate
+    chains to `root_certificates` (PEM; written to the registry's `rootcertbundle`).
+    """
+
+    realm: str
+    service: str
+    issuer: str
+    root_certificates: bytes = field(repr=False)
+
+
 @dataclass(slots=True, weakref_slot=True)
 class RegistryServer:
     """A running `docker-registry` process; `stop()` is idempotent.
@@ -71,6 +87,7 @@ class RegistryServer:
     process: subprocess.Popen[bytes]
     stderr_path: Path
     _workdir: Path
+    token_auth: TokenAuth | None = None
     _finalizer: "weakref.finalize[[subprocess.Popen[bytes], Path], RegistryServer]" = (
         field(init=False, repr=False)
     )
@@ -97,6 +114,7 @@ class RegistryServer:
 def start_registry(
     *,
     credential: BasicCredential | None = None,
+    token_auth: TokenAuth | None = None,
     binary: Path = REGISTRY_BINARY,
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
 ) -> RegistryServer:
@@ -105,6 +123,10 @@ def start_registry(
     Args:
         credential: when given, the registry demands HTTP basic auth (htpasswd,
             bcrypt) and answers 401 with `WWW-Authenticate: Basic realm=...`.
+        token_auth: when given, the registry demands bearer tokens from
+            `token_auth.realm` and answers 401 with
+            `WWW-Authenticate: Bearer realm=...,service=...[,scope=...]`.
+            Exclusive with `credential`: the token server checks credentials.
         startup_timeout: seconds to wait for `GET /v2/` before giving up.
 
     Raises:
@@ -112,16 +134,26 @@ def start_registry(
             asked for, is not installed.
         RegistryStartError: the process exited or did not answer in time; the
             message holds its stderr.
+        ValueError: both `credential` and `token_auth` were given.
     """
+    if credential is not None and token_auth is not None:
+        msg = "start_registry: give credential (htpasswd) or token_auth, not both"
+        raise ValueError(msg)
+
     if not binary.is_file():
         raise ToolMissingError(str(binary), REGISTRY_INSTALL_HINT)
 
     workdir = Path(tempfile.mkdtemp(prefix="watcher-registry-"))
     try:
         (workdir / "storage").mkdir()
-        htpasswd = _write_htpasswd(workdir, credential) if credential else None
+        auth_config: list[str] = []
+        if credential is not None:
+            auth_config = _htpasswd_config(_write_htpasswd(workdir, credential))
+        elif token_auth is not None:
+            auth_config = _token_config(workdir, token_auth)
+
         return _start_on_free_port(
-            binary, workdir, htpasswd, credential, startup_timeout
+            binary, workdir, auth_config, credential, token_auth, startup_timeout
         )
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -131,8 +163,9 @@ def start_registry(
 def _start_on_free_port(
     binary: Path,
     workdir: Path,
-    htpasswd: Path | None,
+    auth_config: list[str],
     credential: BasicCredential | None,
+    token_auth: TokenAuth | None,
     startup_timeout: float,
 ) -> RegistryServer:
     # free_port() releases the port before the registry binds it; another process
@@ -140,7 +173,7 @@ def _start_on_free_port(
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         port = free_port()
         url = f"http://{LOOPBACK}:{port}"
-        config = _write_config(workdir, port, htpasswd)
+        config = _write_config(workdir, port, auth_config)
         stderr_path = workdir / f"stderr-{attempt}.log"
         process = _spawn(binary, config, stderr_path)
         try:
@@ -164,13 +197,14 @@ def _start_on_free_port(
             process=process,
             stderr_path=stderr_path,
             _workdir=workdir,
+            token_auth=token_auth,
         )
 
     msg = f"docker-registry: no free port after {_PORT_ATTEMPTS} attempts"
     raise RegistryStartError(msg)
 
 
-def _write_config(workdir: Path, port: int, htpasswd: Path | None) -> Path:
+def _write_config(workdir: Path, port: int, auth_config: list[str]) -> Path:
     # http.debug is left out, so no debug server starts. JSON strings are valid
     # YAML scalars, which keeps paths with odd characters safe without PyYAML.
     lines = [
@@ -190,18 +224,35 @@ def _write_config(workdir: Path, port: int, htpasswd: Path | None) -> Path:
         "http:",
         f"  addr: {LOOPBACK}:{port}",
         f"  secret: {secrets.token_hex(16)}",
+        *auth_config,
     ]
-    if htpasswd is not None:
-        lines += [
-            "auth:",
-            "  htpasswd:",
-            "    realm: watcher-test-registry",
-            f"    path: {json.dumps(str(htpasswd))}",
-        ]
-
     config = workdir / "config.yml"
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return config
+
+
+def _htpasswd_config(htpasswd: Path) -> list[str]:
+    return [
+        "auth:",
+        "  htpasswd:",
+        "    realm: watcher-test-registry",
+        f"    path: {json.dumps(str(htpasswd))}",
+    ]
+
+
+def _token_config(workdir: Path, token_auth: TokenAuth) -> list[str]:
+    # distribution 2.8 refuses to start without a rootcertbundle holding at least
+    # one certificate; it verifies a token's x5c chain against these roots.
+    bundle = workdir / "token-roots.pem"
+    bundle.write_bytes(token_auth.root_certificates)
+    return [
+        "auth:",
+        "  token:",
+        f"    realm: {json.dumps(token_auth.realm)}",
+        f"    service: {json.dumps(token_auth.service)}",
+        f"    issuer: {json.dumps(token_auth.issuer)}",
+        f"    rootcertbundle: {json.dumps(str(bundle))}",
+    ]
 
 
 def _write_htpasswd(workdir: Path, credential: BasicCredential) -> Path:
@@ -258,7 +309,7 @@ def _wait_until_ready(
                 time.sleep(_POLL_INTERVAL_SECONDS)
                 continue
 
-            # 401 is the ready answer of a registry with htpasswd auth.
+            # 401 is the ready answer of a registry with htpasswd or token auth.
             if response.status_code in (200, 401):
                 return
 
