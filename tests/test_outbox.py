@@ -146,3 +146,25 @@ async def test_message_for_a_removed_target_fails_with_the_reason(
     assert receiver.requests == []
     (event,) = [e for e in logs if e["event"] == "notify.failed"]
     assert "no longer in the configuration" in event["error_msg"]
+
+
+async def test_two_deliverers_on_one_database_send_a_message_once(
+    tmp_path, receiver, clock
+):
+    """Two processes (here two services with their own connections) share an outbox."""
+    import asyncio
+
+    settings = load_settings(tmp_path, watches=[], notify=[receiver.apprise_url()])
+
+    async with (
+        Service(settings, clock=clock) as first,
+        Service(settings, clock=clock) as second,
+    ):
+        record_change(first, settings.notify.urls, clock)
+        reports = await asyncio.gather(
+            first.courier.deliver_due(), second.courier.deliver_due()
+        )
+
+    assert sum(report.sent for report in reports) == 1
+    receiver.wait_for(1)
+    assert len(receiver.requests) == 1

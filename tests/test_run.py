@@ -204,3 +204,4 @@ def test_secrets_never_reach_the_log_or_metrics(
     database = (tmp_path / "watcher.db").read_bytes()
     assert password.encode() not in database
     assert hook_secret.encode() not in database
+

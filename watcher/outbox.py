@@ -26,6 +26,9 @@ DEFAULT_FIRST_RETRY = timedelta(seconds=30)
 DEFAULT_LONGEST_RETRY = timedelta(hours=1)
 #: A message still undelivered after this long is marked failed and logged.
 DEFAULT_MAX_AGE = timedelta(hours=24)
+#: How long a claimed message is this process's to send: longer than any send
+#: takes, short enough that a crashed process's messages go out soon after.
+CLAIM_LEASE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +68,9 @@ class Courier:
     async def deliver_due(self) -> DeliveryReport:
         """Send every message whose time has come and record each outcome."""
         async with self._lock:
+            now = self._clock()
             due = await self._store.call(
-                self._store.sync.due_notifications, self._clock()
+                self._store.sync.claim_due, now, now + CLAIM_LEASE
             )
             outcomes = [await self._deliver(message) for message in due]
             pending = await self._store.call(self._store.sync.count_pending)

@@ -186,3 +186,33 @@ class TestOutbox:
 
         assert store.due_notifications(T0 + timedelta(days=30)) == []
         assert store.count_pending() == 0
+
+
+class TestClaims:
+    def test_a_claimed_message_is_won_by_one_deliverer_only(self, store, database_url):
+        record(store, DIGEST_A, T0)
+        record(store, DIGEST_B, T0 + timedelta(hours=1))
+        other = open_store(database_url)
+        now, lease = T0 + timedelta(hours=1), timedelta(minutes=5)
+
+        mine = store.claim_due(now, now + lease)
+        theirs = other.claim_due(now, now + lease)
+        after_lease = other.claim_due(now + lease, now + 2 * lease)
+        other.close()
+
+        assert len(mine) == 1
+        assert theirs == []
+        assert [m.id for m in after_lease] == [mine[0].id]
+
+    def test_a_failed_attempt_releases_its_claim(self, store):
+        record(store, DIGEST_A, T0)
+        record(store, DIGEST_B, T0 + timedelta(hours=1))
+        now = T0 + timedelta(hours=1)
+        (claimed,) = store.claim_due(now, now + timedelta(hours=5))
+
+        store.mark_attempt_failed(claimed.id, "HTTP 500", now + timedelta(minutes=1))
+
+        assert (
+            len(store.claim_due(now + timedelta(minutes=1), now + timedelta(hours=1)))
+            == 1
+        )

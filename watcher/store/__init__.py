@@ -15,12 +15,14 @@ from typing import ParamSpec, TypeVar
 from watcher.store.db import Database
 from watcher.store.history import (
     Change,
+    Current,
     ImageStatus,
     MessagesFor,
     Outcome,
     OwedMessage,
     PendingNotification,
     Period,
+    PlatformChange,
     Recorded,
     Store,
 )
@@ -28,6 +30,7 @@ from watcher.store.history import (
 __all__ = [
     "AsyncStore",
     "Change",
+    "Current",
     "Database",
     "ImageStatus",
     "MessagesFor",
@@ -35,6 +38,7 @@ __all__ = [
     "OwedMessage",
     "PendingNotification",
     "Period",
+    "PlatformChange",
     "Recorded",
     "Store",
     "open_store",

@@ -12,15 +12,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func
+from sqlalchemy import ColumnElement, and_, func, or_, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
 
 from watcher.errors import StoreError
-from watcher.reference import Digest, Reference
+from watcher.manifests import PlatformManifest
+from watcher.reference import Digest, Platform, Reference, watch_name
 from watcher.store.db import Database
-from watcher.store.models import DigestPeriodRow, ImageRow, NotificationRow
+from watcher.store.models import (
+    DigestPeriodRow,
+    ImageRow,
+    ManifestRow,
+    NotificationRow,
+    PlatformDigestRow,
+)
 
 
 class Outcome(enum.StrEnum):
@@ -33,14 +40,49 @@ class Outcome(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class PlatformChange:
+    """How one platform's manifest differs between two index digests."""
+
+    platform: Platform
+    old_digest: Digest | None
+    new_digest: Digest | None
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
-    """A tag that now points at another digest (``old_digest`` None: a baseline)."""
+    """A tag that now points at another digest (``old_digest`` None: a baseline).
+
+    ``platforms`` lists, for an index whose platforms were read, every platform
+    whose manifest differs from the previous period's; it is empty when nothing
+    is known of the platforms, and ``platforms_known`` says which.
+    """
 
     reference: Reference
     old_digest: Digest | None
     new_digest: Digest
     media_type: str
     detected_at: datetime
+    platform: Platform | None = None
+    platforms: tuple[PlatformChange, ...] = ()
+    platforms_known: bool = False
+
+    @property
+    def name(self) -> str:
+        """The watch's name: the reference, and its platform if any."""
+        return watch_name(self.reference, self.platform)
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    """What the store holds as a watch's current digest.
+
+    ``platforms`` is empty when the index's platforms were never read.
+    """
+
+    digest: Digest
+    media_type: str
+    source_digest: Digest | None
+    platforms: tuple[PlatformManifest, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +106,17 @@ class Recorded:
 
 @dataclass(frozen=True, slots=True)
 class Period:
-    """One stretch of time during which a tag pointed at one digest."""
+    """One stretch of time during which a tag pointed at one digest.
+
+    ``platforms`` holds the index's platform manifests when they were read.
+    """
 
     digest: Digest
     media_type: str
     first_seen: datetime
     last_seen: datetime
     ended_at: datetime | None
+    platforms: tuple[PlatformManifest, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,18 +175,39 @@ class Store:
         messages_for: MessagesFor,
         *,
         notify_first_seen: bool = False,
+        platform: Platform | None = None,
+        source_digest: Digest | None = None,
+        platforms: Sequence[PlatformManifest] | None = None,
+        previous_platforms: Sequence[PlatformManifest] | None = None,
     ) -> Recorded:
-        """Record that ``reference`` resolved to ``digest`` at ``at``.
+        """Record that a watch resolved to ``digest`` at ``at``.
 
         An unchanged digest moves ``last_seen``; another digest closes the open
         period, opens a new one and writes the messages ``messages_for`` returns,
         all in one transaction.
+
+        Args:
+            platform: the platform a watch follows; ``digest`` is then that
+                platform's manifest, read from the index ``source_digest``.
+            platforms: the platform manifests of ``digest`` when it is an index
+                that was read; stored with the new period and compared with the
+                previous one's.
+            previous_platforms: the platforms of the previous digest, read now
+                because its period never had them; stored with that period.
         """
+        observed = _Observed(
+            reference,
+            digest,
+            media_type,
+            at,
+            platform,
+            source_digest,
+            platforms,
+            previous_platforms,
+        )
         for attempt in range(_RECORD_ATTEMPTS):
             try:
-                return self._record_digest(
-                    reference, digest, media_type, at, messages_for, notify_first_seen
-                )
+                return self._record_digest(observed, messages_for, notify_first_seen)
             except IntegrityError:
                 if attempt + 1 == _RECORD_ATTEMPTS:
                     raise
@@ -148,77 +215,130 @@ class Store:
         raise AssertionError(msg)  # pragma: no cover
 
     def _record_digest(
-        self,
-        reference: Reference,
-        digest: Digest,
-        media_type: str,
-        at: datetime,
-        messages_for: MessagesFor,
-        notify_first_seen: bool,
+        self, seen: _Observed, messages_for: MessagesFor, notify_first_seen: bool
     ) -> Recorded:
         with self._transaction() as session:
-            image = _image_for_update(session, reference, at)
+            image = _image_for_update(session, seen.reference, seen.platform, seen.at)
             assert image.id is not None  # noqa: S101 - flushed by _image_for_update
             current = _open_period(session, image.id)
-            image.last_check_at = at
+            image.last_check_at = seen.at
             image.last_error = image.last_error_reason = None
+            image.source_digest = _text(seen.source_digest)
 
-            if current is not None and current.digest == str(digest):
-                current.last_seen = at
+            if current is not None and current.digest == str(seen.digest):
+                current.last_seen = seen.at
                 image.last_outcome = Outcome.UNCHANGED
                 session.add_all([current, image])
-                return Recorded(Outcome.UNCHANGED, digest, None, 0)
+                return Recorded(Outcome.UNCHANGED, seen.digest, None, 0)
 
             previous = Digest.parse(current.digest) if current else None
+            before = _platforms(session, current.id) if current else ()
+            if current is not None and not before and seen.previous_platforms:
+                before = _save_platforms(session, current, seen.previous_platforms)
             if current is not None:
-                current.ended_at = at
+                current.ended_at = seen.at
                 session.add(current)
                 session.flush()
 
-            period = DigestPeriodRow(
-                image_id=image.id,
-                digest=str(digest),
-                media_type=media_type,
-                first_seen=at,
-                last_seen=at,
+            period = _open(session, image.id, seen)
+            change = Change(
+                seen.reference,
+                previous,
+                seen.digest,
+                seen.media_type,
+                seen.at,
+                platform=seen.platform,
+                platforms=_platform_changes(before, seen.platforms),
+                platforms_known=bool(before) and seen.platforms is not None,
             )
-            session.add(period)
-            session.flush()
-
-            change = Change(reference, previous, digest, media_type, at)
             outcome = Outcome.CHANGED if previous else Outcome.FIRST_SEEN
             owed = messages_for(change) if previous or notify_first_seen else ()
             for message in owed:
-                session.add(_outbox_row(period, message, at))
+                session.add(_outbox_row(period, message, seen.at))
 
             image.last_outcome = outcome
             if previous is not None:
-                image.last_change_at = at
+                image.last_change_at = seen.at
             session.add(image)
             return Recorded(outcome, previous, change, len(owed))
 
-    def record_failure(
-        self, reference: Reference, at: datetime, reason: str, message: str
-    ) -> None:
-        """Record that a check of ``reference`` failed; its history is untouched."""
+    def current(
+        self, reference: Reference, platform: Platform | None = None
+    ) -> Current | None:
+        """The digest a watch points at now, as last recorded, or None."""
         with self._transaction() as session:
-            image = _image_for_update(session, reference, at)
+            statement = (
+                select(ImageRow, DigestPeriodRow)
+                .join(
+                    DigestPeriodRow, col(DigestPeriodRow.image_id) == col(ImageRow.id)
+                )
+                .where(ImageRow.reference == watch_name(reference, platform))
+                .where(col(DigestPeriodRow.ended_at).is_(None))
+            )
+            row = session.exec(statement).first()
+            if row is None:
+                return None
+            image, period = row
+            source = Digest.parse(image.source_digest) if image.source_digest else None
+            platforms = _platforms(session, period.id)
+            return Current(
+                Digest.parse(period.digest), period.media_type, source, platforms
+            )
+
+    def manifest(self, digest: Digest) -> bytes | None:
+        """The body of a manifest fetched before, by its digest, or None."""
+        with self._transaction() as session:
+            row = session.get(ManifestRow, str(digest))
+            return bytes(row.body) if row is not None else None
+
+    def save_manifest(
+        self, digest: Digest, media_type: str, body: bytes, at: datetime
+    ) -> None:
+        """Keep a fetched manifest; content is addressed by digest, so once is enough."""
+        try:
+            with self._transaction() as session:
+                if session.get(ManifestRow, str(digest)) is None:
+                    session.add(
+                        ManifestRow(
+                            digest=str(digest),
+                            media_type=media_type,
+                            body=body,
+                            fetched_at=at,
+                        )
+                    )
+        except IntegrityError:
+            return  # another writer saved the same bytes first
+
+    def record_failure(
+        self,
+        reference: Reference,
+        at: datetime,
+        reason: str,
+        message: str,
+        platform: Platform | None = None,
+    ) -> None:
+        """Record that a check of a watch failed; its history is untouched."""
+        with self._transaction() as session:
+            image = _image_for_update(session, reference, platform, at)
             image.last_check_at = at
             image.last_outcome = Outcome.ERROR
             image.last_error_reason = reason
             image.last_error = message[:2000]
             session.add(image)
 
-    def history(self, reference: Reference) -> list[Period]:
-        """The digest periods of ``reference``, oldest first (empty when unknown)."""
+    def history(
+        self, reference: Reference, platform: Platform | None = None
+    ) -> list[Period]:
+        """The digest periods of a watch, oldest first (empty when unknown)."""
         with self._transaction() as session:
             statement = (
                 select(DigestPeriodRow)
                 .join(ImageRow, col(ImageRow.id) == col(DigestPeriodRow.image_id))
-                .where(ImageRow.reference == str(reference))
+                .where(ImageRow.reference == watch_name(reference, platform))
                 .order_by(col(DigestPeriodRow.first_seen), col(DigestPeriodRow.id))
             )
-            return [_period(row) for row in session.exec(statement)]
+            rows = list(session.exec(statement))
+            return [_period(row, _platforms(session, row.id)) for row in rows]
 
     def statuses(self) -> list[ImageStatus]:
         """Every reference the store knows, with its current digest, by name."""
@@ -237,16 +357,37 @@ class Store:
     def due_notifications(
         self, now: datetime, limit: int = 100
     ) -> list[PendingNotification]:
-        """Pending outbox entries whose next attempt is due, oldest first."""
+        """Pending outbox entries due now and claimed by no one, oldest first."""
         with self._transaction() as session:
             statement = (
                 select(NotificationRow)
-                .where(NotificationRow.status == "pending")
-                .where(col(NotificationRow.next_attempt_at) <= now)
+                .where(_claimable(now))
                 .order_by(col(NotificationRow.id))
                 .limit(limit)
             )
             return [_pending(row) for row in session.exec(statement)]
+
+    def claim_due(
+        self, now: datetime, until: datetime, limit: int = 100
+    ) -> list[PendingNotification]:
+        """Claim the due entries until ``until`` and return those this caller won.
+
+        Each claim is a conditional update, so two deliverers (two processes,
+        or two replicas on one PostgreSQL) never both win the same message.
+        """
+        claimed = []
+        for message in self.due_notifications(now, limit):
+            with self._transaction() as session:
+                statement = (
+                    update(NotificationRow)
+                    .where(col(NotificationRow.id) == message.id)
+                    .where(_claimable(now))
+                    .values(claimed_until=until)
+                )
+                won = session.execute(statement).rowcount == 1  # type: ignore[attr-defined]  # CursorResult
+            if won:
+                claimed.append(message)
+        return claimed
 
     def count_pending(self) -> int:
         """How many notifications are owed and not yet delivered."""
@@ -262,6 +403,7 @@ class Store:
             row.delivered_at = at
             row.attempts += 1
             row.last_error = None
+            row.claimed_until = None
             session.add(row)
 
     def mark_attempt_failed(
@@ -272,6 +414,7 @@ class Store:
             row = _notification(session, notification_id)
             row.attempts += 1
             row.last_error = error[:2000]
+            row.claimed_until = None
             if retry_at is None:
                 row.status = "failed"
             else:
@@ -315,15 +458,32 @@ class _Transaction:
             raise StoreError(msg) from exc
 
 
-def _image_for_update(session: Session, reference: Reference, at: datetime) -> ImageRow:
-    statement = select(ImageRow).where(ImageRow.reference == str(reference))
-    image = session.exec(statement).first()
+@dataclass(frozen=True, slots=True)
+class _Observed:
+    """What one check saw, as ``record_digest`` was given it."""
+
+    reference: Reference
+    digest: Digest
+    media_type: str
+    at: datetime
+    platform: Platform | None
+    source_digest: Digest | None
+    platforms: Sequence[PlatformManifest] | None
+    previous_platforms: Sequence[PlatformManifest] | None
+
+
+def _image_for_update(
+    session: Session, reference: Reference, platform: Platform | None, at: datetime
+) -> ImageRow:
+    name = watch_name(reference, platform)
+    image = session.exec(select(ImageRow).where(ImageRow.reference == name)).first()
     if image is None:
         image = ImageRow(
-            reference=str(reference),
+            reference=name,
             registry_name=reference.registry,
             repository=reference.repository,
             tag=reference.tag_or_digest,
+            platform=str(platform) if platform else None,
             created_at=at,
         )
         session.add(image)
@@ -338,6 +498,81 @@ def _open_period(session: Session, image_id: int) -> DigestPeriodRow | None:
         .where(col(DigestPeriodRow.ended_at).is_(None))
     )
     return session.exec(statement).first()
+
+
+def _open(session: Session, image_id: int, seen: _Observed) -> DigestPeriodRow:
+    period = DigestPeriodRow(
+        image_id=image_id,
+        digest=str(seen.digest),
+        media_type=seen.media_type,
+        first_seen=seen.at,
+        last_seen=seen.at,
+    )
+    session.add(period)
+    session.flush()
+    _save_platforms(session, period, seen.platforms or ())
+    return period
+
+
+def _save_platforms(
+    session: Session, period: DigestPeriodRow, entries: Sequence[PlatformManifest]
+) -> tuple[PlatformManifest, ...]:
+    assert period.id is not None  # noqa: S101 - periods are flushed first
+    for entry in entries:
+        session.add(
+            PlatformDigestRow(
+                period_id=period.id,
+                platform=str(entry.platform),
+                digest=str(entry.digest),
+                media_type=entry.media_type,
+            )
+        )
+    return tuple(sorted(entries))
+
+
+def _platforms(session: Session, period_id: int | None) -> tuple[PlatformManifest, ...]:
+    statement = (
+        select(PlatformDigestRow)
+        .where(PlatformDigestRow.period_id == period_id)
+        .order_by(col(PlatformDigestRow.platform))
+    )
+    return tuple(
+        PlatformManifest(
+            Platform.parse(row.platform), Digest.parse(row.digest), row.media_type
+        )
+        for row in session.exec(statement)
+    )
+
+
+def _platform_changes(
+    before: Sequence[PlatformManifest], after: Sequence[PlatformManifest] | None
+) -> tuple[PlatformChange, ...]:
+    """Platforms added, removed or rebuilt between two indexes, by platform."""
+    if after is None:
+        return ()
+    old = {entry.platform: entry.digest for entry in before}
+    new = {entry.platform: entry.digest for entry in after}
+    return tuple(
+        PlatformChange(platform, old.get(platform), new.get(platform))
+        for platform in sorted(old.keys() | new.keys())
+        if old.get(platform) != new.get(platform)
+    )
+
+
+def _text(digest: Digest | None) -> str | None:
+    return str(digest) if digest is not None else None
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    """A pending entry, due, and claimed by no deliverer that is still alive."""
+    return and_(
+        col(NotificationRow.status) == "pending",
+        col(NotificationRow.next_attempt_at) <= now,
+        or_(
+            col(NotificationRow.claimed_until).is_(None),
+            col(NotificationRow.claimed_until) <= now,
+        ),
+    )
 
 
 def _notification(session: Session, notification_id: int) -> NotificationRow:
@@ -368,7 +603,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def _period(row: DigestPeriodRow) -> Period:
+def _period(row: DigestPeriodRow, platforms: tuple[PlatformManifest, ...]) -> Period:
     first_seen, last_seen = _utc(row.first_seen), _utc(row.last_seen)
     assert first_seen is not None  # noqa: S101 - NOT NULL
     assert last_seen is not None  # noqa: S101 - NOT NULL
@@ -378,6 +613,7 @@ def _period(row: DigestPeriodRow) -> Period:
         first_seen,
         last_seen,
         _utc(row.ended_at),
+        platforms,
     )
 
 

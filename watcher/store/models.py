@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime, Index, UniqueConstraint, text
+from sqlalchemy import Column, DateTime, Index, LargeBinary, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -22,11 +22,16 @@ class ImageRow(SQLModel, table=True):
     __tablename__ = "image"
 
     id: int | None = Field(default=None, primary_key=True)
+    #: The watch's name: the normalised reference, and its platform if any.
     reference: str = Field(unique=True, max_length=400)
     # "registry" is reserved by SQLAlchemy's declarative base.
     registry_name: str = Field(max_length=255)
     repository: str = Field(max_length=255)
     tag: str = Field(max_length=128)
+    #: The one platform this watch follows inside the tag's index, if any.
+    platform: str | None = Field(default=None, max_length=64)
+    #: For a platform watch, the index digest its current digest was read from.
+    source_digest: str | None = Field(default=None, max_length=160)
     created_at: datetime = Field(sa_column=_utc_column(nullable=False))
     last_check_at: datetime | None = Field(
         default=None, sa_column=_utc_column(nullable=True)
@@ -88,7 +93,38 @@ class NotificationRow(SQLModel, table=True):
     attempts: int = 0
     created_at: datetime = Field(sa_column=_utc_column(nullable=False))
     next_attempt_at: datetime = Field(sa_column=_utc_column(nullable=False))
+    #: A deliverer that claimed the message holds it until then; past that time
+    #: (the deliverer died) another may claim it.
+    claimed_until: datetime | None = Field(
+        default=None, sa_column=_utc_column(nullable=True)
+    )
     delivered_at: datetime | None = Field(
         default=None, sa_column=_utc_column(nullable=True)
     )
     last_error: str | None = Field(default=None, max_length=2000)
+
+
+class PlatformDigestRow(SQLModel, table=True):
+    """One platform's manifest digest inside the index of a digest period."""
+
+    __tablename__ = "platform_digest"
+    __table_args__ = (
+        UniqueConstraint("period_id", "platform", name="one_per_platform"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    period_id: int = Field(foreign_key="digest_period.id", index=True)
+    platform: str = Field(max_length=64)
+    digest: str = Field(max_length=160)
+    media_type: str = Field(max_length=255)
+
+
+class ManifestRow(SQLModel, table=True):
+    """A manifest fetched once and kept by digest: content never changes."""
+
+    __tablename__ = "manifest"
+
+    digest: str = Field(primary_key=True, max_length=160)
+    media_type: str = Field(max_length=255)
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    fetched_at: datetime = Field(sa_column=_utc_column(nullable=False))
