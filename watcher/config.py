@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from watcher.errors import ConfigError, InvalidReference
-from watcher.reference import DOCKER_HUB, Platform, Reference
+from watcher.reference import DOCKER_HUB, Platform, Reference, watch_name
 
 DEFAULT_DATABASE_URL = "sqlite:///watcher.db"
 DEFAULT_CHECK_INTERVAL_SECONDS = 6 * 3600
@@ -201,9 +201,7 @@ class WatchSettings(_Model):
     @property
     def name(self) -> str:
         """How this watch is named everywhere: the reference, and its platform if any."""
-        if self.platform is None:
-            return str(self.image)
-        return f"{self.image} {self.platform}"
+        return watch_name(self.image, self.platform)
 
     @field_validator("image")
     @classmethod
@@ -411,7 +409,10 @@ def _read_password(
             why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
             return None, f"cannot read {registry.password_file}: {why}"
         if not secret:
-            return None, f"{registry.password_file} is empty; put the password for {account} in it"
+            return (
+                None,
+                f"{registry.password_file} is empty; put the password for {account} in it",
+            )
         return secret, None
 
     return None, None
@@ -423,7 +424,9 @@ def _missing_files(
     if registry.ca_file is None or registry.ca_file.is_file():
         return []
     where = locator.where((*key, "ca_file"))
-    return [f"{where}: {registry.ca_file} does not exist; give the path of a PEM CA bundle"]
+    return [
+        f"{where}: {registry.ca_file} does not exist; give the path of a PEM CA bundle"
+    ]
 
 
 def _duplicate_watches(settings: Settings, locator: _KeyLocator) -> list[str]:

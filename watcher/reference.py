@@ -85,7 +85,9 @@ class Platform:
     def parse(cls, text: str) -> Platform:
         """Parse ``os/arch[/variant]``, or raise ``ValueError`` saying what is wrong."""
         parts = text.strip().lower().split("/")
-        if not 2 <= len(parts) <= 3 or not all(_PLATFORM_PART.fullmatch(p) for p in parts):
+        if not 2 <= len(parts) <= 3 or not all(
+            _PLATFORM_PART.fullmatch(p) for p in parts
+        ):
             msg = f"platform {text!r} is not of the form os/arch[/variant], e.g. 'linux/arm64'"
             raise ValueError(msg)
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
@@ -233,3 +235,12 @@ def _check_repository(text: str, registry: str, repository: str) -> None:
                 "digits, separated by '.', '_', '__' or '-'"
             )
             raise InvalidReference(text, why)
+
+
+def watch_name(reference: Reference, platform: Platform | None = None) -> str:
+    """How a watch is named in history, metrics and messages.
+
+    The normalised reference, followed by the platform when the watch follows
+    one platform of an index: ``docker.io/library/alpine:3 linux/arm64``.
+    """
+    return f"{reference} {platform}" if platform is not None else str(reference)
