@@ -150,3 +150,52 @@ async def test_expired_hub_token_is_replaced_once(
 
     assert hub.counts["token"] == 2
     assert hub.counts["unauthorized"] == 2
+
+
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+async def test_get_manifest_returns_the_bytes_pushed_to_a_real_registry(
+    registry: RegistryServer, repository_name: str, kind: ImageKind
+) -> None:
+    pushed = push_image(registry.url, repository_name, "1.0", kind)
+    host = urlsplit(registry.url).netloc
+
+    async with client() as watcher_client:
+        by_tag = await watcher_client.get_manifest(
+            reference_at(registry.url, repository_name, "1.0")
+        )
+        by_digest = await watcher_client.get_manifest(
+            Reference.parse(f"{host}/{repository_name}@{pushed.digest}")
+        )
+
+    for manifest in (by_tag, by_digest):
+        assert manifest.body == pushed.manifest
+        assert str(manifest.descriptor.digest) == pushed.digest
+        assert manifest.descriptor.media_type == pushed.media_type
+
+
+async def test_list_tags_lists_every_tag_of_a_real_registry(
+    registry: RegistryServer, repository_name: str
+) -> None:
+    """Debian's distribution 2.8 ignores ``n=`` and never pages: the fake pages."""
+    tags = [f"1.{minor}" for minor in range(5)]
+    for tag in tags:
+        push_image(registry.url, repository_name, tag, "docker-v2", seed=1)
+
+    async with client() as watcher_client:
+        listed = await watcher_client.list_tags(
+            reference_at(registry.url, repository_name, "1.0"), page_size=2
+        )
+
+    assert sorted(listed) == tags
+
+
+async def test_list_tags_of_an_unknown_repository_on_a_real_registry_is_not_found(
+    registry: RegistryServer, repository_name: str
+) -> None:
+    async with client() as watcher_client:
+        with pytest.raises(NotFound) as caught:
+            await watcher_client.list_tags(
+                reference_at(registry.url, repository_name, "1.0")
+            )
+
+    assert caught.value.codes == ("NAME_UNKNOWN",)

@@ -1,4 +1,4 @@
-"""The registry client: HEAD a manifest, authenticating as the registry asks.
+"""The registry client: resolve a tag's digest, fetch manifests, list tags.
 
 The only module that imports httpx; what it raises is from ``watcher.errors``, never
 from httpx. Tokens, passwords and Authorization headers never reach a log event or
@@ -8,15 +8,16 @@ an error message, and every URL shown passes through ``redact_url``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
+import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self, TypeAlias
+from typing import Literal, Protocol, Self, TypeAlias
 from urllib.parse import urlsplit
 
 import httpx
@@ -45,13 +46,44 @@ from watcher.registry.auth import (
     pull_scope,
     scope_names,
 )
+from watcher.registry.credentials import FoundCredential, find_credential
 from watcher.registry.media_types import MANIFEST_ACCEPT, SCHEMA1_TYPES
 from watcher.registry.ratelimit import RateLimit, parse_rate_limit
+from watcher.registry.retry import (
+    Retry,
+    parse_retry_after,
+    retry_for_fault,
+    retry_for_status,
+)
+from watcher.registry.wire import (
+    parse_error_codes,
+    parse_next_link,
+    parse_tags,
+    sniff_media_type,
+)
 
 USER_AGENT = f"watcher/{__version__}"
 
+#: The reference registry refuses manifests past 4 MiB, and so does a client that
+#: must not let a bad registry exhaust its memory.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: A token answer is a small JSON object; anything near this is not one.
+MAX_TOKEN_BYTES = 1024 * 1024
+#: One page of tags: a registry that ignores ``n=`` may send thousands at once.
+MAX_TAGS_PAGE_BYTES = 16 * 1024 * 1024
+#: Read of an error answer, for its error codes; the rest is dropped unread.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+#: Hops followed per request, as browsers and the Docker CLI bound them.
+MAX_REDIRECTS = 5
+#: Pages of tags followed per listing: 1000 pages of the default 100 is plenty,
+#: and a registry whose ``Link`` never ends must not keep us forever.
+MAX_TAG_PAGES = 1000
+REDIRECT_STATUSES = frozenset({301, 302, 307, 308})
+
 #: What replaces the network in tests, named here so callers need not import httpx.
 Transport: TypeAlias = httpx.AsyncBaseTransport
+#: How the client waits before a retry; tests pass one that only records.
+Sleep: TypeAlias = Callable[[float], Awaitable[None]]
 
 _log = get_logger("watcher.registry")
 
@@ -62,11 +94,13 @@ _DNS_FAILURES = (
     "temporary failure in name resolution",
     "no address associated",
 )
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Descriptor:
-    """What a HEAD says about a manifest; ``size`` is None without Content-Length."""
+    """What an answer says about a manifest; ``size`` is None without Content-Length."""
 
     media_type: str
     digest: Digest
@@ -75,10 +109,23 @@ class Descriptor:
 
 @dataclass(frozen=True, slots=True)
 class HeadResult:
-    """A manifest's descriptor, and the pull budget the answer announced."""
+    """A manifest's descriptor, the pull budget announced, and who answered.
+
+    ``method`` is ``HEAD``, or ``GET`` when the registry's HEAD is unusable and the
+    digest was taken from the body (which may have cost a pull).
+    """
 
     descriptor: Descriptor
     rate_limit: RateLimit | None
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A fetched manifest: its descriptor and its exact bytes (at most 4 MiB)."""
+
+    descriptor: Descriptor
+    body: bytes = field(repr=False)
 
 
 class RequestObserver(Protocol):
@@ -95,45 +142,109 @@ class RequestObserver(Protocol):
     def rate_limit_seen(self, registry: str, rate_limit: RateLimit) -> None:
         """A manifest answer carried rate-limit headers."""
 
+    def manifest_fetched(self, registry: str) -> None:
+        """A manifest GET was sent; registries that meter pulls may count it."""
+
+    def head_fallback(self, registry: str, reason: str) -> None:
+        """A digest came from a GET: ``reason`` is ``no_digest``, ``405`` or ``404``."""
+
+    def retry_scheduled(self, registry: str, reason: str) -> None:
+        """A request is retried after ``reason`` (``server_error``, ``timeout`` ...)."""
+
 
 @dataclass
 class _Registry:
-    """One registry's connection pool, concurrency limit and authentication state."""
+    """One registry's pool, limits, credential, authentication state and quirks."""
 
     name: str
     base_url: str
+    settings: RegistrySettings
     http: httpx.AsyncClient
     semaphore: asyncio.Semaphore
-    credential: Credential | None
+    #: The credential from watcher's settings; Docker's config is read on demand.
+    configured: Credential | None
     auth: AuthState = field(default_factory=AuthState)
+    found: FoundCredential | None = None
+    credential_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Why HEAD is skipped on this registry (a ``head_fallback`` reason), if it is.
+    head_unusable: str | None = None
+    warned: set[str] = field(default_factory=set)
+
+    @property
+    def credential(self) -> Credential | None:
+        return self.found.credential if self.found is not None else None
+
+    @property
+    def config_key(self) -> str:
+        return f'[registries."{self.name}"]'
+
+    def warn_once(self, event: str, **fields: object) -> None:
+        """Log WARNING ``event`` the first time this registry gives cause."""
+        if event not in self.warned:
+            self.warned.add(event)
+            _log.warning(event, registry=self.name, **fields)
+
+
+_Kind: TypeAlias = Literal["manifest", "tags", "token"]
+_JSON = "application/json"
+_ACCEPT: dict[_Kind, str] = {"manifest": MANIFEST_ACCEPT, "tags": _JSON, "token": _JSON}
+_LIMITS: dict[_Kind, int] = {
+    "manifest": MAX_MANIFEST_BYTES,
+    "tags": MAX_TAGS_PAGE_BYTES,
+    "token": MAX_TOKEN_BYTES,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """One ``head_manifest`` call: what its requests and errors refer to."""
+    """One request to make, and what its errors and logs call it."""
 
     reference: Reference
     registry: _Registry
+    method: str
     url: str
+    #: Opens every error message: ``HEAD manifest ghcr.io/acme/api:stable``.
+    what: str
+    kind: _Kind
 
-    @property
-    def what(self) -> str:
-        return self.doing("HEAD")
+    @classmethod
+    def manifest(cls, reference: Reference, registry: _Registry, method: str) -> _Call:
+        path = f"/v2/{reference.repository}/manifests/{reference.tag_or_digest}"
+        what = f"{method} manifest {reference}"
+        return cls(
+            reference, registry, method, registry.base_url + path, what, "manifest"
+        )
 
-    def doing(self, method: str) -> str:
-        """What a request was for, to open its error messages.
+    def for_token(self, url: str) -> _Call:
+        """The token request made for this call.
 
-        A token error names the repository, not the tag: concurrent checks of one
+        Its errors name the repository, not the tag: concurrent checks of one
         repository share a token fetch, and its failure.
         """
-        if method == "HEAD":
-            return f"HEAD manifest {self.reference}"
-
-        return f"fetch token for {self.reference.name}"
+        what = f"fetch token for {self.reference.name}"
+        return _Call(self.reference, self.registry, "GET", url, what, "token")
 
     @property
     def config_key(self) -> str:
-        return f'[registries."{self.registry.name}"]'
+        return self.registry.config_key
+
+    @property
+    def accept(self) -> str:
+        return _ACCEPT[self.kind]
+
+    @property
+    def limit(self) -> int:
+        return _LIMITS[self.kind]
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A response read whole (its body capped); ``url`` is where it came from."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes = field(repr=False)
+    url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +258,19 @@ class _Authorization:
 
 
 class RegistryClient:
-    """Resolves references to descriptors with HEAD requests, one pool per registry.
+    """Resolves references to descriptors, one connection pool per registry.
+
+    HEAD is used while it works; a registry whose HEAD gives no digest or is
+    refused is answered by GET from then on. Faults that may pass are retried with
+    backoff; redirects are followed, without Authorization to another host.
 
     Args:
         settings: the settings of a registry, by the name users write.
-        observer: told about every request, token fetch and rate limit seen.
+        observer: told about every request, token fetch, retry and rate limit seen.
         transport: replaces the network for every registry (tests).
+        docker_config: Docker's ``config.json``, for registries whose settings hold
+            no credential.
+        sleep: how to wait before a retry (tests record instead of waiting).
     """
 
     def __init__(
@@ -161,10 +279,14 @@ class RegistryClient:
         *,
         observer: RequestObserver | None = None,
         transport: Transport | None = None,
+        docker_config: Path | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._settings = settings
         self._observer = observer
         self._transport = transport
+        self._docker_config = docker_config
+        self._sleep = sleep
         self._registries: dict[str, _Registry] = {}
         self._closed = False
 
@@ -187,7 +309,12 @@ class RegistryClient:
             await registry.http.aclose()
 
     async def head_manifest(self, reference: Reference) -> HeadResult:
-        """The descriptor of the manifest ``reference`` names, from a HEAD request.
+        """The descriptor of the manifest ``reference`` names, by HEAD if possible.
+
+        A HEAD without Docker-Content-Digest, or answered 405, or 404 where a GET
+        finds the manifest, is answered by GET and the sha256 of its body; the
+        registry's HEAD is then skipped for good (WARNING
+        ``manifest.head_fallback_get`` once): each check then costs a GET.
 
         Raises:
             AuthError: the registry refused us, or the token exchange failed.
@@ -196,83 +323,201 @@ class RegistryClient:
             RegistryUnavailable: DNS, connection, TLS, timeout or 5xx.
             ProtocolViolation: an answer the distribution spec does not allow.
             UnsupportedManifest: the registry served a schema1 manifest.
-            RegistryError: the registry's host or endpoint makes no usable URL.
+            RegistryError: the registry's host or endpoint makes no usable URL, or
+                its ca_file is no CA bundle.
         """
-        registry = self._registry(reference)
-        path = f"/v2/{reference.repository}/manifests/{reference.tag_or_digest}"
-        call = _Call(reference, registry, registry.base_url + path)
+        registry = self._registry(reference, "HEAD", f"HEAD manifest {reference}")
+        if registry.head_unusable is not None:
+            return await self._head_by_get(reference, registry, registry.head_unusable)
 
-        response, authorization = await self._authorized_head(call)
-        _check_status(call, response, authorization)
-        descriptor = _descriptor(call, response)
-        return HeadResult(descriptor, parse_rate_limit(response.headers))
+        call = _Call.manifest(reference, registry, "HEAD")
+        answer, authorization = await self._authorized(call)
+        reason = _fallback_reason(answer)
+        if reason is None:
+            _check_status(call, answer, authorization)
+            descriptor = _head_descriptor(call, answer)
+            return HeadResult(descriptor, parse_rate_limit(answer.headers), "HEAD")
 
-    def _registry(self, reference: Reference) -> _Registry:
+        # A 404 may be the tag's truth; only a GET that finds it condemns HEAD.
+        if reason != "404":
+            self._skip_head(registry, reason)
+
+        return await self._head_by_get(reference, registry, reason)
+
+    async def get_manifest(self, reference: Reference) -> Manifest:
+        """The manifest ``reference`` names, with its exact bytes.
+
+        The digest is the sha256 of the body, whatever Docker-Content-Digest says;
+        fetched by digest, the body must hash to that digest. Each call is a GET,
+        which registries that meter pulls count.
+
+        Raises:
+            ProtocolViolation: the body is past 4 MiB, or hashes to another digest
+                than the one asked for; and as ``head_manifest`` does.
+        """
+        registry = self._registry(reference, "GET", f"GET manifest {reference}")
+        manifest, _ = await self._fetch(reference, registry)
+        return manifest
+
+    async def list_tags(
+        self, reference: Reference, *, page_size: int | None = None
+    ) -> list[str]:
+        """Every tag of ``reference``'s repository, in the registry's order.
+
+        Follows ``Link: <...>; rel="next"`` pages (relative or absolute), asking for
+        ``page_size`` tags a page (``n=``) when given, for at most 1000 pages.
+
+        Raises:
+            NotFound: no such repository.
+            ProtocolViolation: a page that is not a tag list, a ``Link`` that loops
+                or leaves http(s), or more than 1000 pages.
+            ValueError: ``page_size`` is below 1.
+        """
+        if page_size is not None and page_size < 1:
+            msg = f"page_size must be at least 1, got {page_size}"
+            raise ValueError(msg)
+
+        what = f"list tags {reference.name}"
+        registry = self._registry(reference, "GET", what)
+        url = f"{registry.base_url}/v2/{reference.repository}/tags/list"
+        if page_size is not None:
+            url += f"?n={page_size}"
+
+        tags: list[str] = []
+        seen: set[str] = set()
+        for _page in range(MAX_TAG_PAGES):
+            seen.add(url)
+            call = _Call(reference, registry, "GET", url, what, "tags")
+            answer, authorization = await self._authorized(call)
+            _check_status(call, answer, authorization)
+            tags += _tags_of(call, answer)
+            next_url = _next_page(call, answer)
+            if next_url is None:
+                return tags
+
+            if next_url in seen:
+                msg = f"{what}: the Link header leads back to a page already read"
+                raise ProtocolViolation(msg, method="GET", url=_redact(next_url))
+
+            url = next_url
+
+        msg = (
+            f"{what}: more than {MAX_TAG_PAGES} pages; watcher stops there. "
+            "Ask for larger pages, or report a Link header that never ends"
+        )
+        raise ProtocolViolation(msg, method="GET", url=_redact(url))
+
+    def _registry(self, reference: Reference, method: str, what: str) -> _Registry:
+        """The registry's pool and state, opened on first use for ``what``."""
         if self._closed:
             msg = "this RegistryClient is closed; create a new one"
             raise RuntimeError(msg)
 
         registry = self._registries.get(reference.registry)
         if registry is None:
-            registry = self._open(reference)
+            registry = self._open(reference, method, what)
             self._registries[reference.registry] = registry
 
         return registry
 
-    def _open(self, reference: Reference) -> _Registry:
+    def _open(self, reference: Reference, method: str, what: str) -> _Registry:
         settings = self._settings(reference.registry)
         base = base_url(reference.api_host, settings.endpoint)
-        _check_base_url(reference, base)
+        _check_base_url(reference, base, method, what)
+        verify = _tls_verify(reference, settings, method, what)
+        registry = _Registry(
+            name=reference.registry,
+            base_url=base,
+            settings=settings,
+            http=self._pool(settings, verify),
+            semaphore=asyncio.Semaphore(settings.concurrency),
+            configured=_configured_credential(settings),
+        )
+        if settings.insecure:
+            registry.warn_once(
+                "tls.verification_disabled",
+                detail=(
+                    "insecure = true: the registry's certificate is not checked, so "
+                    "anyone on the network path can answer for it; prefer ca_file"
+                ),
+            )
+
+        return registry
+
+    def _pool(
+        self, settings: RegistrySettings, verify: ssl.SSLContext | bool
+    ) -> httpx.AsyncClient:
         # Every pooled connection beyond the concurrency limit would sit idle: a
         # lead measured 1000-connection pools far slower than 8 for many HEADs.
         limits = httpx.Limits(
             max_connections=settings.concurrency,
             max_keepalive_connections=settings.concurrency,
         )
-        http = httpx.AsyncClient(
+        return httpx.AsyncClient(
             headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(settings.timeout),
             limits=limits,
             follow_redirects=False,
+            verify=verify,
             transport=self._transport,
         )
-        credential = None
-        if settings.username is not None and settings.password is not None:
-            password = settings.password.get_secret_value()
-            credential = Credential(settings.username, password)
 
-        return _Registry(
-            name=reference.registry,
-            base_url=base,
-            http=http,
-            semaphore=asyncio.Semaphore(settings.concurrency),
-            credential=credential,
+    async def _head_by_get(
+        self, reference: Reference, registry: _Registry, reason: str
+    ) -> HeadResult:
+        manifest, rate_limit = await self._fetch(reference, registry)
+        self._skip_head(registry, reason)
+        if self._observer is not None:
+            self._observer.head_fallback(registry.name, reason)
+
+        return HeadResult(manifest.descriptor, rate_limit, "GET")
+
+    def _skip_head(self, registry: _Registry, reason: str) -> None:
+        """Remember that this registry's HEAD is unusable, and say what that costs."""
+        if registry.head_unusable is None:
+            registry.head_unusable = reason
+
+        registry.warn_once(
+            "manifest.head_fallback_get",
+            reason=reason,
+            detail=(
+                "HEAD gives no usable digest, so each check GETs the manifest and "
+                "hashes it; registries that meter pulls count every such GET"
+            ),
         )
 
-    async def _authorized_head(
-        self, call: _Call
-    ) -> tuple[httpx.Response, _Authorization]:
-        """The HEAD answer, authenticated as the registry asks, with at most one retry.
+    async def _fetch(
+        self, reference: Reference, registry: _Registry
+    ) -> tuple[Manifest, RateLimit | None]:
+        call = _Call.manifest(reference, registry, "GET")
+        answer, authorization = await self._authorized(call)
+        _check_status(call, answer, authorization)
+        manifest = _manifest_of(call, answer)
+        _check_digest_header(call, answer, manifest.descriptor.digest)
+        return manifest, parse_rate_limit(answer.headers)
+
+    async def _authorized(self, call: _Call) -> tuple[_Answer, _Authorization]:
+        """The answer, authenticated as the registry asks, with at most one retry.
 
         A 401 is answered once: for the probe that revealed the challenge, for a
         cached token the registry no longer takes, or for a registry that started
         asking. A 401 to a token fetched for this very request is final.
         """
         challenged = await self._probe(call)
-        if challenged is not None and challenged.status_code != 401:
+        if challenged is not None and challenged.status != 401:
             return challenged, _Authorization()
 
         if challenged is None:
             authorization = await self._authorize(call, call.registry.auth.challenge)
-            response = await self._head(call, authorization)
+            answer = await self._request(call, authorization)
             retry = authorization.header is None or authorization.cached
-            if response.status_code != 401 or not retry:
-                return response, authorization
+            if answer.status != 401 or not retry:
+                return answer, authorization
 
             if authorization.token is not None:
                 call.registry.auth.drop(authorization.token)
 
-            challenged = response
+            challenged = answer
 
         challenge = _challenge_of(challenged)
         call.registry.auth.learn(challenge)
@@ -280,9 +525,9 @@ class RegistryClient:
         if authorization.header is None:
             return challenged, authorization
 
-        return await self._head(call, authorization), authorization
+        return await self._request(call, authorization), authorization
 
-    async def _probe(self, call: _Call) -> httpx.Response | None:
+    async def _probe(self, call: _Call) -> _Answer | None:
         """Send the registry's first request alone, unauthenticated, to learn its needs.
 
         Returns that answer, or None when the registry's needs were already known.
@@ -293,19 +538,30 @@ class RegistryClient:
         async with call.registry.auth.probe_lock:
             return await self._probe_alone(call)
 
-    async def _probe_alone(self, call: _Call) -> httpx.Response | None:
+    async def _probe_alone(self, call: _Call) -> _Answer | None:
         auth = call.registry.auth
         # Another request may have probed while this one waited for the lock.
         if auth.known:
             return None
 
-        response = await self._head(call, _Authorization())
-        status = response.status_code
+        answer = await self._request(call, _Authorization())
+        status = answer.status
         # A 429 or 5xx says nothing about authentication: the next request probes.
         if status != 401 and status != 429 and status < 500:
             auth.learn(None)
 
-        return response
+        return answer
+
+    async def _credential(self, registry: _Registry) -> Credential | None:
+        """The registry's credential, looked up once, when it first asks for one."""
+        if registry.found is None:
+            async with registry.credential_lock:
+                if registry.found is None:
+                    registry.found = await find_credential(
+                        registry.name, registry.configured, self._docker_config
+                    )
+
+        return registry.credential
 
     async def _authorize(
         self, call: _Call, challenge: Challenge | None, *, challenged: bool = False
@@ -314,15 +570,15 @@ class RegistryClient:
         if challenge is None:
             return _Authorization()
 
-        credential = call.registry.credential
         if challenge.scheme == "basic":
+            credential = await self._credential(call.registry)
             if credential is None:
                 msg = (
                     f"{call.what}: registry requires credentials; "
                     f"set username and password_env in {call.config_key}"
                 )
                 raise AuthError(
-                    msg, method="HEAD", url=redact_url(call.url), status=401
+                    msg, method=call.method, url=redact_url(call.url), status=401
                 )
             return _Authorization(credential.basic_authorization(), "basic")
 
@@ -333,7 +589,7 @@ class RegistryClient:
             f"{call.what}: the registry asks for {challenge.scheme!r} authentication, "
             "which watcher does not support; only Bearer and Basic are"
         )
-        raise AuthError(msg, method="HEAD", url=redact_url(call.url), status=401)
+        raise AuthError(msg, method=call.method, url=redact_url(call.url), status=401)
 
     async def _bearer(
         self, call: _Call, challenge: Challenge, *, challenged: bool
@@ -377,67 +633,147 @@ class RegistryClient:
         if challenge.service is not None:
             params = {"service": challenge.service, **params}
 
-        url = str(realm.copy_merge_params(params))
-        headers = {}
-        if call.registry.credential is not None:
-            headers["Authorization"] = call.registry.credential.basic_authorization()
+        token_call = call.for_token(str(realm.copy_merge_params(params)))
+        headers = {"Accept": token_call.accept}
+        credential = await self._credential(call.registry)
+        if credential is not None:
+            _check_realm_host(token_call, realm)
+            headers["Authorization"] = credential.basic_authorization()
 
-        response = await self._send(call, "GET", url, headers)
+        answer = await self._exchange(token_call, headers)
         failure = None
-        if response.status_code != httpx.codes.OK:
-            failure = f"answered {response.status_code}"
+        if answer.status != httpx.codes.OK:
+            failure = f"answered {answer.status}"
         else:
             try:
-                return parse_token_response(response.json(), scope=scope)
+                return parse_token_response(_json(answer.body), scope=scope)
             except ValueError as exc:
                 failure = f"gave no usable token ({exc})"
 
         where = _redact(str(realm))
         msg = (
-            f"{call.doing('GET')}: {where} {failure}; "
+            f"{token_call.what}: {where} {failure}; "
             f"check the credentials for {call.registry.name} in {call.config_key}"
         )
-        raise AuthError(msg, method="GET", url=where, status=response.status_code)
+        raise AuthError(msg, method="GET", url=where, status=answer.status)
 
-    async def _head(self, call: _Call, authorization: _Authorization) -> httpx.Response:
-        headers = {"Accept": MANIFEST_ACCEPT}
-        if authorization.header is not None:
+    async def _request(self, call: _Call, authorization: _Authorization) -> _Answer:
+        """``call`` sent with the Accept list and ``authorization``, retried as due."""
+        headers = {"Accept": call.accept}
+        # Authorization is for the registry itself: a Link to elsewhere goes bare.
+        if authorization.header is not None and _same_origin(
+            call.url, call.registry.base_url
+        ):
             headers["Authorization"] = authorization.header
 
-        response = await self._send(call, "HEAD", call.url, headers)
-        rate_limit = parse_rate_limit(response.headers)
-        if rate_limit is not None and self._observer is not None:
+        answer = await self._exchange(call, headers)
+        rate_limit = parse_rate_limit(answer.headers)
+        if call.kind == "manifest" and rate_limit is not None and self._observer:
             self._observer.rate_limit_seen(call.registry.name, rate_limit)
 
-        return response
+        return answer
 
-    async def _send(
-        self, call: _Call, method: str, url: str, headers: dict[str, str]
-    ) -> httpx.Response:
+    async def _exchange(self, call: _Call, headers: dict[str, str]) -> _Answer:
+        """The answer to ``call``, after the retries its faults earn.
+
+        At most ``retries`` (from the registry's settings) retries; a 4xx other
+        than 429 is never retried, nor is a TLS or DNS failure.
+        """
+        for retry in range(1, call.registry.settings.retries + 1):
+            outcome = await self._attempt(call, headers, retry)
+            if isinstance(outcome, _Answer):
+                return outcome
+
+            await self._wait(call, outcome, retry)
+
+        return await self._follow(call, headers)
+
+    async def _attempt(
+        self, call: _Call, headers: dict[str, str], retry: int
+    ) -> _Answer | Retry:
+        """The answer, or the retry it earns as retry number ``retry``."""
+        try:
+            answer = await self._follow(call, headers)
+        except RegistryUnavailable as exc:
+            planned = retry_for_fault(exc.reason, retry)
+            if planned is None:
+                raise
+            return planned
+
+        retry_after = parse_retry_after(answer.headers.get("retry-after"))
+        planned = retry_for_status(answer.status, retry_after, retry)
+        return answer if planned is None else planned
+
+    async def _wait(self, call: _Call, planned: Retry, retry: int) -> None:
+        registry = call.registry.name
+        _log.warning(
+            "retry.scheduled",
+            registry=registry,
+            reason=planned.reason,
+            attempt=retry,
+            delay_s=round(planned.delay_seconds, 3),
+            method=call.method,
+            url=_redact(call.url),
+        )
+        if self._observer is not None:
+            self._observer.retry_scheduled(registry, planned.reason)
+
+        await self._sleep(planned.delay_seconds)
+
+    async def _follow(self, call: _Call, headers: dict[str, str]) -> _Answer:
+        """The answer at the end of up to ``MAX_REDIRECTS`` redirects."""
+        if call.kind == "manifest" and call.method == "GET" and self._observer:
+            self._observer.manifest_fetched(call.registry.name)
+
+        url = call.url
+        for hop in range(MAX_REDIRECTS + 1):
+            answer = await self._send(call, url, headers)
+            if answer.status not in REDIRECT_STATUSES:
+                return answer
+
+            if hop == MAX_REDIRECTS:
+                break
+
+            url, headers = _redirect(call, answer, headers)
+
+        msg = (
+            f"{call.what}: more than {MAX_REDIRECTS} redirects; "
+            "report the redirect loop to the registry operator"
+        )
+        raise ProtocolViolation(msg, method=call.method, url=_redact(call.url))
+
+    async def _send(self, call: _Call, url: str, headers: dict[str, str]) -> _Answer:
         """One request through the registry's pool, reported and logged either way."""
         registry = call.registry
         async with registry.semaphore:
             started = time.perf_counter()
             status = None
             try:
-                response = await registry.http.request(method, url, headers=headers)
+                request = registry.http.build_request(call.method, url, headers=headers)
+                response = await registry.http.send(request, stream=True)
                 status = response.status_code
+                try:
+                    body = await _read_body(call, response)
+                finally:
+                    await response.aclose()
             except httpx.RequestError as exc:
-                raise _unavailable(call, method, url, exc) from exc
+                raise _unavailable(call, url, exc) from exc
             finally:
                 seconds = time.perf_counter() - started
                 _log.debug(
                     "http.request",
                     registry=registry.name,
-                    method=method,
+                    method=call.method,
                     url=_redact(url),
                     status=status,
                     duration_ms=round(seconds * 1000, 1),
                 )
                 if self._observer is not None:
-                    self._observer.request_done(registry.name, method, status, seconds)
+                    self._observer.request_done(
+                        registry.name, call.method, status, seconds
+                    )
 
-        return response
+        return _Answer(response.status_code, response.headers, body, url)
 
 
 def base_url(api_host: str, endpoint: str | None) -> str:
@@ -452,7 +788,7 @@ def base_url(api_host: str, endpoint: str | None) -> str:
     return f"{scheme}://{api_host}"
 
 
-def _check_base_url(reference: Reference, base: str) -> None:
+def _check_base_url(reference: Reference, base: str, method: str, what: str) -> None:
     """Refuse a registry URL that httpx cannot use, before any request.
 
     httpx 0.29 takes a port past 65535, and the request then fails with an
@@ -466,11 +802,47 @@ def _check_base_url(reference: Reference, base: str) -> None:
         httpx.URL(base)
     except (ValueError, httpx.InvalidURL) as exc:
         msg = (
-            f"HEAD manifest {reference}: registry URL {base!r} is invalid ({exc}); "
+            f"{what}: registry URL {base!r} is invalid ({exc}); "
             "fix the registry host[:port] in the reference, or endpoint in "
             f'[registries."{reference.registry}"]'
         )
-        raise RegistryError(msg, method="HEAD", url=_redact(base)) from exc
+        raise RegistryError(msg, method=method, url=_redact(base)) from exc
+
+
+def _tls_verify(
+    reference: Reference, settings: RegistrySettings, method: str, what: str
+) -> ssl.SSLContext | bool:
+    """How to check the registry's certificate: by ``ca_file``, the system, or not.
+
+    ``insecure`` wins over ``ca_file``: no verification at all.
+
+    Raises:
+        RegistryError: ``ca_file`` cannot be loaded as a PEM bundle.
+    """
+    if settings.insecure:
+        return False
+
+    if settings.ca_file is None:
+        return True
+
+    try:
+        return ssl.create_default_context(cafile=str(settings.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror or str(exc)
+        msg = (
+            f"{what}: cannot load the CA bundle "
+            f"{settings.ca_file} ({why}); set ca_file in "
+            f'[registries."{reference.registry}"] to a PEM file of CA certificates'
+        )
+        raise RegistryError(msg, method=method, url="") from exc
+
+
+def _configured_credential(settings: RegistrySettings) -> Credential | None:
+    """The credential in watcher's own settings (password already resolved)."""
+    if settings.username is None or settings.password is None:
+        return None
+
+    return Credential(settings.username, settings.password.get_secret_value())
 
 
 def _is_loopback(api_host: str) -> bool:
@@ -492,13 +864,129 @@ def _redact(url: str) -> str:
         return "(unparseable URL)"
 
 
-def _challenge_of(response: httpx.Response) -> Challenge | None:
-    header = ", ".join(response.headers.get_list("www-authenticate"))
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host.lower(), url.port or _DEFAULT_PORTS.get(url.scheme)
+
+
+def _same_origin(first: str, second: str) -> bool:
+    return _origin(httpx.URL(first)) == _origin(httpx.URL(second))
+
+
+def _json(body: bytes) -> object:
+    """``body`` as JSON; ValueError (never quoting it) when it is not JSON."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        msg = "the answer is not JSON"
+        raise ValueError(msg) from None
+
+
+async def _read_body(call: _Call, response: httpx.Response) -> bytes:
+    """The body, streamed: a success past the call's cap is refused unread.
+
+    An error answer is read only so far as its error codes need.
+    """
+    if call.method == "HEAD" or response.status_code in REDIRECT_STATUSES:
+        return b""
+
+    strict = response.is_success
+    limit = call.limit if strict else MAX_ERROR_BODY_BYTES
+    declared = response.headers.get("content-length", "")
+    if strict and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise _too_large(call, limit, response.status_code)
+
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            if strict:
+                raise _too_large(call, limit, response.status_code)
+            return bytes(body[:limit])
+
+    return bytes(body)
+
+
+def _too_large(call: _Call, limit: int, status: int) -> ProtocolViolation:
+    size = f"{limit // _MIB} MiB" if limit % _MIB == 0 else f"{limit} bytes"
+    msg = (
+        f"{call.what}: the answer is larger than {size}, the most watcher reads; "
+        "report it to the registry operator"
+    )
+    return ProtocolViolation(
+        msg, method=call.method, url=_redact(call.url), status=status
+    )
+
+
+def _redirect(
+    call: _Call, answer: _Answer, headers: dict[str, str]
+) -> tuple[str, dict[str, str]]:
+    """Where a redirect leads, and the headers to send there.
+
+    Authorization never follows a redirect to another origin: object storage
+    behind a registry gets the signed URL, not the registry's token.
+    """
+    location = answer.headers.get("location")
+    if not location:
+        msg = (
+            f"{call.what}: {answer.status} redirect without a Location header; "
+            "report it to the registry operator"
+        )
+        raise ProtocolViolation(
+            msg, method=call.method, url=_redact(answer.url), status=answer.status
+        )
+
+    target = _resolve(call, answer, location, "redirect")
+    if not _same_origin(target, answer.url):
+        headers = {
+            name: value
+            for name, value in headers.items()
+            if name.lower() != "authorization"
+        }
+
+    return target, headers
+
+
+def _next_page(call: _Call, answer: _Answer) -> str | None:
+    """The URL of the next page of tags, from the ``Link`` header; None: last page."""
+    link = parse_next_link(", ".join(answer.headers.get_list("link")))
+    if link is None:
+        return None
+
+    return _resolve(call, answer, link, "Link")
+
+
+def _resolve(call: _Call, answer: _Answer, target: str, source: str) -> str:
+    """``target`` (a Location or Link) made absolute, if it is one we may follow."""
+    try:
+        base = httpx.URL(answer.url)
+        url: httpx.URL | None = base.join(target)
+    except httpx.InvalidURL:
+        url = None
+
+    shown = _redact(target) if "://" in target else target.partition("?")[0]
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        problem = f"{source} {shown!r} is not an http(s) URL"
+    elif base.scheme == "https" and url.scheme == "http":
+        problem = (
+            f"{source} to {_redact(str(url))} would leave HTTPS for plain HTTP, "
+            "which watcher does not follow"
+        )
+    else:
+        return str(url)
+
+    msg = f"{call.what}: {problem}; report it to the registry operator"
+    raise ProtocolViolation(
+        msg, method=call.method, url=_redact(answer.url), status=answer.status
+    )
+
+
+def _challenge_of(answer: _Answer) -> Challenge | None:
+    header = ", ".join(answer.headers.get_list("www-authenticate"))
     return preferred_challenge(parse_challenges(header))
 
 
 def _realm_url(call: _Call, challenge: Challenge) -> httpx.URL:
-    """The token endpoint, if it is one we may send credentials to."""
+    """The token endpoint, if it is one we may ask for a token."""
     realm = challenge.realm or ""
     where = _redact(realm)
     try:
@@ -520,55 +1008,91 @@ def _realm_url(call: _Call, challenge: Challenge) -> httpx.URL:
         return url
 
     msg = (
-        f"{call.doing('GET')}: the Bearer challenge {problem}; "
+        f"fetch token for {call.reference.name}: the Bearer challenge {problem}; "
         "report it to the registry operator"
     )
     raise ProtocolViolation(msg, method="GET", url=where, status=401)
 
 
-def _check_status(
-    call: _Call, response: httpx.Response, authorization: _Authorization
-) -> None:
+def _check_realm_host(token_call: _Call, realm: httpx.URL) -> None:
+    """Refuse to send the credential to a realm on a host the user did not allow.
+
+    The realm comes from the registry's answer: a compromised or misconfigured
+    registry must not be able to collect credentials for another host. Ports are
+    not compared: the registry's own host may serve tokens on another port.
+    """
+    registry = token_call.registry
+    own = (httpx.URL(registry.base_url).host or "").lower()
+    host = realm.host.lower()
+    allowed = registry.settings.realm_hosts_for(registry.name)
+    netloc = f"{host}:{realm.port}" if realm.port is not None else host
+    if host == own or host in allowed or netloc in allowed:
+        return
+
+    msg = (
+        f"{token_call.what}: the registry sends us to the token realm on {host}, "
+        f"not {own}, and watcher sends the credential for {registry.name} only to "
+        f'hosts you allow; if you trust {host}, add realm_hosts = ["{host}"] to '
+        f"{registry.config_key}"
+    )
+    raise AuthError(msg, method="GET", url=_redact(str(realm)), status=401)
+
+
+def _fallback_reason(answer: _Answer) -> str | None:
+    """Why a HEAD answer calls for a GET (a ``head_fallback`` reason), if it does."""
+    if answer.status == httpx.codes.OK:
+        present = "docker-content-digest" in answer.headers
+        return None if present else "no_digest"
+
+    if answer.status in (httpx.codes.METHOD_NOT_ALLOWED, httpx.codes.NOT_FOUND):
+        return str(answer.status)
+
+    return None
+
+
+def _check_status(call: _Call, answer: _Answer, authorization: _Authorization) -> None:
     """Raise the error a non-200 answer means."""
-    status = response.status_code
+    status = answer.status
     if status == httpx.codes.OK:
         return
 
     url = redact_url(call.url)
+    codes = parse_error_codes(answer.body)
+    shown = f" ({', '.join(codes)})" if codes else ""
     if status in (httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN):
         msg = f"{call.what}: {_refusal(call, status, authorization)}"
-        raise AuthError(msg, method="HEAD", url=url, status=status)
+        raise AuthError(msg, method=call.method, url=url, status=status, codes=codes)
 
     if status == httpx.codes.NOT_FOUND:
-        # A HEAD answer has no body, so no distribution error codes to read.
+        sought = "repository" if call.kind == "tags" else "repository and tag"
         msg = (
-            f"{call.what}: 404 not found; check that the repository and tag exist "
+            f"{call.what}: 404 not found{shown}; check that the {sought} exist "
             "and that the credential may see them"
         )
-        raise NotFound(msg, method="HEAD", url=url, status=status)
+        raise NotFound(msg, method=call.method, url=url, status=status, codes=codes)
 
     if status == httpx.codes.TOO_MANY_REQUESTS:
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        retry_after = parse_retry_after(answer.headers.get("retry-after"))
         advice = "later" if retry_after is None else f"in {retry_after:g} s"
         msg = (
-            f"{call.what}: 429 too many requests; "
+            f"{call.what}: 429 too many requests{shown}; "
             f"the pull budget is spent, retry {advice}"
         )
         raise RateLimited(
-            msg, method="HEAD", url=url, status=status, retry_after=retry_after
+            msg,
+            method=call.method,
+            url=url,
+            status=status,
+            codes=codes,
+            retry_after=retry_after,
         )
 
-    raise _unexpected_status(call, response)
+    raise _unexpected_status(call, answer, codes)
 
 
 def _refusal(call: _Call, status: int, authorization: _Authorization) -> str:
     """What a 401 or 403 means, given what we sent, and what to do about it."""
-    key = call.config_key
-    if call.registry.credential is None:
-        hint = f"if the repository is private, set username and password_env in {key}"
-    else:
-        hint = f"check username and password_env in {key}"
-
+    hint = _credential_hint(call)
     if status == httpx.codes.FORBIDDEN:
         return f"403 forbidden; {hint}"
 
@@ -584,66 +1108,59 @@ def _refusal(call: _Call, status: int, authorization: _Authorization) -> str:
     )
 
 
-def _unexpected_status(call: _Call, response: httpx.Response) -> RegistryError:
-    status = response.status_code
+def _credential_hint(call: _Call) -> str:
+    """What to check, given where the credential that was refused came from."""
+    key, name = call.config_key, call.registry.name
+    found = call.registry.found
+    source = found.source if found is not None else "anonymous"
+    if source == "anonymous":
+        return f"if the repository is private, set username and password_env in {key}"
+
+    if source == "config":
+        return f"check username and password_env (or password_file) in {key}"
+
+    if source == "docker-config":
+        where = "the credential docker login stored in Docker's config.json"
+    else:
+        helper = source.removeprefix("helper:")
+        where = f"the credential docker-credential-{helper} holds"
+
+    return f"check {where} for {name}, or set username and password_env in {key}"
+
+
+def _unexpected_status(
+    call: _Call, answer: _Answer, codes: tuple[str, ...]
+) -> RegistryError:
+    status = answer.status
     url = redact_url(call.url)
     if status >= httpx.codes.INTERNAL_SERVER_ERROR:
-        msg = f"{call.what}: the registry answered {status}; try again later"
+        retry_after = parse_retry_after(answer.headers.get("retry-after"))
+        advice = "later" if retry_after is None else f"in {retry_after:g} s"
+        msg = f"{call.what}: the registry answered {status}; try again {advice}"
         return RegistryUnavailable(
-            msg, method="HEAD", url=url, reason="server_error", status=status
+            msg,
+            method=call.method,
+            url=url,
+            reason="server_error",
+            status=status,
+            codes=codes,
+            retry_after=retry_after,
         )
-
-    if response.is_redirect:
-        location = _redact(response.headers.get("location", ""))
-        msg = (
-            f"{call.what}: {status} redirect to {location!r}, which watcher does not "
-            f"follow; if the registry moved, set endpoint in {call.config_key}"
-        )
-        return ProtocolViolation(msg, method="HEAD", url=url, status=status)
 
     msg = (
         f"{call.what}: unexpected status {status}; "
-        "the registry does not answer HEAD as the distribution spec says"
+        f"the registry does not answer {call.method} as the distribution spec says"
     )
-    return ProtocolViolation(msg, method="HEAD", url=url, status=status)
+    return ProtocolViolation(
+        msg, method=call.method, url=url, status=status, codes=codes
+    )
 
 
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (seconds or an HTTP date)."""
-    if value is None:
-        return None
-
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-
-    now = datetime.now(UTC) if now is None else now
-    return max(0.0, (when - now).total_seconds())
-
-
-def _descriptor(call: _Call, response: httpx.Response) -> Descriptor:
-    """The descriptor in a 200 answer's headers, refusing what we cannot record."""
+def _head_descriptor(call: _Call, answer: _Answer) -> Descriptor:
+    """The descriptor in a HEAD answer's headers, refusing what we cannot record."""
     url = redact_url(call.url)
-    digest_header = response.headers.get("docker-content-digest")
-    if digest_header is None:
-        # TODO: #3 no GET fallback yet: registries that omit Docker-Content-Digest on
-        # HEAD fail here; the fallback would hash the GET body (and may cost a pull).
-        msg = (
-            f"{call.what}: the answer has no Docker-Content-Digest header; "
-            "watcher cannot resolve tags on this registry yet"
-        )
-        raise ProtocolViolation(msg, method="HEAD", url=url, status=200)
-
     try:
-        digest = Digest.parse(digest_header.strip())
+        digest = Digest.parse(answer.headers["docker-content-digest"].strip())
     except ValueError as exc:
         msg = (
             f"{call.what}: the Docker-Content-Digest header is invalid: {exc}; "
@@ -651,7 +1168,7 @@ def _descriptor(call: _Call, response: httpx.Response) -> Descriptor:
         )
         raise ProtocolViolation(msg, method="HEAD", url=url, status=200) from exc
 
-    media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    media_type = _content_type(answer)
     if not media_type:
         msg = (
             f"{call.what}: the answer has no Content-Type header; "
@@ -659,14 +1176,7 @@ def _descriptor(call: _Call, response: httpx.Response) -> Descriptor:
         )
         raise ProtocolViolation(msg, method="HEAD", url=url, status=200)
 
-    if media_type in SCHEMA1_TYPES:
-        msg = (
-            f"{call.what}: the registry ignored the Accept header and served schema1 "
-            f"({media_type}), whose digest no docker pull shows; watcher records only "
-            "OCI and Docker v2 manifests"
-        )
-        raise UnsupportedManifest(msg, method="HEAD", url=url, status=200)
-
+    _refuse_schema1(call, media_type)
     if call.reference.tag is None and digest != call.reference.digest:
         msg = (
             f"{call.what}: the registry answered another digest, {digest}; "
@@ -674,11 +1184,28 @@ def _descriptor(call: _Call, response: httpx.Response) -> Descriptor:
         )
         raise ProtocolViolation(msg, method="HEAD", url=url, status=200)
 
-    return Descriptor(media_type, digest, _content_length(call, response))
+    return Descriptor(media_type, digest, _content_length(call, answer))
 
 
-def _content_length(call: _Call, response: httpx.Response) -> int | None:
-    value = response.headers.get("content-length")
+def _content_type(answer: _Answer) -> str:
+    value = str(answer.headers.get("content-type", ""))
+    return value.split(";")[0].strip().lower()
+
+
+def _refuse_schema1(call: _Call, media_type: str) -> None:
+    if media_type in SCHEMA1_TYPES:
+        msg = (
+            f"{call.what}: the registry ignored the Accept header and served schema1 "
+            f"({media_type}), whose digest no docker pull shows; watcher records only "
+            "OCI and Docker v2 manifests"
+        )
+        raise UnsupportedManifest(
+            msg, method=call.method, url=redact_url(call.url), status=200
+        )
+
+
+def _content_length(call: _Call, answer: _Answer) -> int | None:
+    value = answer.headers.get("content-length")
     if value is None:
         return None
 
@@ -688,14 +1215,93 @@ def _content_length(call: _Call, response: httpx.Response) -> int | None:
             "report it to the registry operator"
         )
         raise ProtocolViolation(
-            msg, method="HEAD", url=redact_url(call.url), status=200
+            msg, method=call.method, url=redact_url(call.url), status=200
         )
     return int(value)
 
 
-def _unavailable(
-    call: _Call, method: str, url: str, exc: httpx.RequestError
-) -> RegistryUnavailable:
+def _manifest_of(call: _Call, answer: _Answer) -> Manifest:
+    """The manifest in a GET answer: its digest is the hash of the exact bytes."""
+    media_type = _manifest_media_type(call, answer)
+    _refuse_schema1(call, media_type)
+    wanted = call.reference.digest if call.reference.tag is None else None
+    digest = _body_digest(answer.body, wanted.algorithm if wanted else "sha256")
+    if wanted is not None and digest != wanted:
+        msg = (
+            f"{call.what}: the body's digest is {digest}, not the one asked for; "
+            "report it to the registry operator"
+        )
+        raise ProtocolViolation(msg, method="GET", url=redact_url(call.url), status=200)
+
+    return Manifest(Descriptor(media_type, digest, len(answer.body)), answer.body)
+
+
+def _manifest_media_type(call: _Call, answer: _Answer) -> str:
+    """The Content-Type, or the type the body declares when that says only JSON.
+
+    Old registries serve schema1 as ``application/json``; its body tells.
+    """
+    declared = _content_type(answer)
+    if declared and declared != "application/json":
+        return declared
+
+    sniffed = sniff_media_type(answer.body)
+    if sniffed is not None:
+        return sniffed
+
+    if declared:
+        return declared
+
+    msg = (
+        f"{call.what}: the answer has no Content-Type header and the body names no "
+        "mediaType; report it to the registry operator"
+    )
+    raise ProtocolViolation(msg, method="GET", url=redact_url(call.url), status=200)
+
+
+def _body_digest(body: bytes, algorithm: str) -> Digest:
+    return Digest(algorithm, hashlib.new(algorithm, body).hexdigest())
+
+
+def _check_digest_header(call: _Call, answer: _Answer, digest: Digest) -> None:
+    """Warn, once per registry, when Docker-Content-Digest is not the body's hash.
+
+    The body's hash wins: it is what ``docker pull`` verifies. A proxy that
+    re-serialises manifests, or a registry bug, makes the header lie.
+    """
+    header = answer.headers.get("docker-content-digest")
+    if header is None:
+        return
+
+    try:
+        claimed = Digest.parse(header.strip())
+        matches = _body_digest(answer.body, claimed.algorithm) == claimed
+    except ValueError:
+        matches = False
+
+    if not matches:
+        call.registry.warn_once(
+            "manifest.digest_mismatch",
+            digest=str(digest),
+            header_digest=header[:140],
+            detail=(
+                "Docker-Content-Digest is not the hash of the body; watcher records "
+                "the body's hash, which is what docker pull verifies"
+            ),
+        )
+
+
+def _tags_of(call: _Call, answer: _Answer) -> list[str]:
+    try:
+        return parse_tags(answer.body)
+    except ValueError as exc:
+        msg = f"{call.what}: {exc}; report it to the registry operator"
+        raise ProtocolViolation(
+            msg, method="GET", url=redact_url(call.url), status=answer.status
+        ) from exc
+
+
+def _unavailable(call: _Call, url: str, exc: httpx.RequestError) -> RegistryUnavailable:
     """Our error for a request that got no answer, with the cause narrowed down."""
     where = _redact(url)
     detail = redact_text(f"{type(exc).__name__}: {exc}")
@@ -707,7 +1313,10 @@ def _unavailable(
         )
     elif _caused_by_tls(exc):
         reason = "tls"
-        what = f"TLS with {where} failed ({detail}); check the registry's certificate"
+        what = (
+            f"TLS with {where} failed ({detail}); check the registry's certificate, "
+            f"or set ca_file in {call.config_key} to the CA that signed it"
+        )
     elif any(text in str(exc).lower() for text in _DNS_FAILURES):
         reason = "dns"
         what = f"cannot resolve the host of {where}; check the registry name and DNS"
@@ -715,8 +1324,8 @@ def _unavailable(
         reason = "connect"
         what = f"cannot reach {where} ({detail}); try again later"
 
-    msg = f"{call.doing(method)}: {what}"
-    return RegistryUnavailable(msg, method=method, url=where, reason=reason)
+    msg = f"{call.what}: {what}"
+    return RegistryUnavailable(msg, method=call.method, url=where, reason=reason)
 
 
 def _caused_by_tls(exc: BaseException) -> bool:
