@@ -225,6 +225,105 @@ class TestLoad:
         assert problem.startswith("line 2: notify.urls")
         assert "T0KEN-xyz" not in problem
 
+    def test_every_kind_of_problem_is_reported_in_one_pass_sorted_by_line(
+        self, tmp_path
+    ):
+        path = write(
+            tmp_path,
+            """\
+            interval = "6x"
+
+            [registries."docker.io"]
+            username = "me"
+            password_env = "HUB_TOKEN"
+
+            [notify]
+            urls = ["json://127.0.0.1/x", "bogus://nowhere"]
+            """,
+        )
+
+        with pytest.raises(ConfigError) as caught:
+            load(
+                path, {}, check_urls=lambda urls: [(1, "Apprise does not accept this")]
+            )
+
+        lines = [p.split(":", 1)[0] for p in caught.value.problems]
+        assert lines == ["line 1", "line 5", "line 8"]
+        assert "HUB_TOKEN is not set" in caught.value.problems[1]
+        assert (
+            caught.value.problems[2]
+            == "line 8: notify.urls[1]: Apprise does not accept this"
+        )
+
+    def test_history_commands_start_without_registry_secrets(self, tmp_path):
+        path = write(
+            tmp_path,
+            '[registries."docker.io"]\nusername = "me"\npassword_env = "HUB_TOKEN"\n',
+        )
+
+        settings = load(path, {}, need_secrets=False)
+
+        assert settings.registry("docker.io").password is None
+
+    def test_password_file_is_read_and_trimmed(self, tmp_path):
+        secret = tmp_path / "hub.password"
+        secret.write_text("from-a-file\n")
+        path = write(
+            tmp_path,
+            f'[registries."ghcr.io"]\nusername = "me"\npassword_file = "{secret}"\n',
+        )
+
+        settings = load(path, {})
+
+        password = settings.registry("ghcr.io").password
+        assert password is not None
+        assert password.get_secret_value() == "from-a-file"
+
+    def test_tag_with_pinned_digest_watches_the_tag(self, tmp_path):
+        path = write(tmp_path, f'[[watch]]\nimage = "alpine:3@sha256:{"a" * 64}"\n')
+
+        (watch,) = load(path, {}).watch
+
+        assert watch.name == "docker.io/library/alpine:3"
+
+    @pytest.mark.parametrize(
+        ("line", "expected"),
+        [
+            pytest.param('interval = "100000d"', "at most 366d", id="too-long"),
+            pytest.param("interval = inf", "positive duration", id="infinite"),
+            pytest.param("interval = nan", "positive duration", id="nan"),
+            pytest.param('interval = "500ms"', "at least 1s", id="too-short"),
+            pytest.param(
+                'notify_on_first_seen = "yes"',
+                "expected true or false, got 'yes'",
+                id="strict-bool",
+            ),
+            pytest.param(
+                "concurrency = 0", "expected at least 1, got 0", id="below-minimum"
+            ),
+            pytest.param(
+                'concurrency = "many"',
+                "expected a whole number, got 'many'",
+                id="not-a-number",
+            ),
+            pytest.param(
+                'log_level = "loud"',
+                "expected one of 'debug', 'info', 'warning' or 'error', got 'loud'",
+                id="literal",
+            ),
+            pytest.param(
+                'database_url = "watcher.db"',
+                "expected an SQLAlchemy URL",
+                id="database-url",
+            ),
+        ],
+    )
+    def test_bad_values_say_what_is_expected(self, tmp_path, line, expected):
+        (problem,) = problems_of(write(tmp_path, line + "\n"))
+
+        assert problem.startswith("line 1: ")
+        assert expected in problem
+
     def test_example_configuration_is_valid(self):
         settings = load("config.example.toml", {})
 

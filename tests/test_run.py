@@ -205,3 +205,55 @@ def test_secrets_never_reach_the_log_or_metrics(
     assert password.encode() not in database
     assert hook_secret.encode() not in database
 
+
+def test_a_taken_listen_address_is_one_line_and_exit_1(tmp_path, free_port):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", free_port))
+        taken.listen()
+        config = write_config(
+            tmp_path, watches=["alpine"], listen=f"127.0.0.1:{free_port}"
+        )
+
+        result = subprocess.run(
+            [sys.executable, "-m", "watcher", "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_SECONDS,
+        )
+
+    assert result.returncode == 1
+    assert f"listen on 127.0.0.1:{free_port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stop_lets_a_hanging_check_end_without_a_crash_report(
+    tmp_path, free_port, start_watcher
+):
+    """A registry that accepts and never answers; SIGTERM arrives mid-check."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        host = f"127.0.0.1:{silent.getsockname()[1]}"
+        config = write_config(
+            tmp_path,
+            watches=[f"{host}/app:1"],
+            registries={host: {"timeout": "2s", "retries": 0}},
+            listen=f"127.0.0.1:{free_port}",
+        )
+        watcher = start_watcher(config, free_port)
+        watcher.wait_until(
+            lambda: watcher.metric("watcher_checks_in_flight") == 1, "a check in flight"
+        )
+
+        watcher.process.send_signal(signal.SIGTERM)
+        code = watcher.process.wait(timeout=STOP_SECONDS)
+
+    log = watcher.log()
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert "CancelledError" not in log
+    assert "reason='timeout'" in log

@@ -180,7 +180,12 @@ async def test_failed_checks_are_recorded_and_do_not_stop_the_others(
         f"docker.io/{repository_name}:1",
     ]
     settings = load_settings(
-        tmp_path, watches=images, registries={"docker.io": {"endpoint": hub.url}}
+        tmp_path,
+        watches=images,
+        registries={
+            "docker.io": {"endpoint": hub.url},
+            f"127.0.0.1:{free_port}": {"retries": 0},
+        },
     )
     metrics = Metrics(CollectorRegistry())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -18,9 +18,10 @@ import structlog
 
 from watcher.errors import RegistryError, StoreError
 from watcher.logs import get_logger
+from watcher.manifests import PlatformManifest, is_index, platforms_of
 from watcher.metrics import Metrics
-from watcher.reference import Digest, Reference
-from watcher.store import AsyncStore, MessagesFor, Outcome, Recorded
+from watcher.reference import Digest, Platform, Reference, watch_name
+from watcher.store import AsyncStore, Current, MessagesFor, Outcome, Recorded
 
 log = get_logger("watcher.check")
 
@@ -32,6 +33,16 @@ class Resolver(Protocol):
     """What a check needs of the registry client."""
 
     async def head_manifest(self, reference: Reference) -> Any: ...
+
+    async def get_manifest(self, reference: Reference) -> Any: ...
+
+
+class _CheckFailed(Exception):
+    """A check cannot go on; ``reason`` is one of ``errors.ERROR_REASONS``."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 Clock = Callable[[], datetime]
@@ -54,16 +65,23 @@ class CheckResult:
     previous_digest: Digest | None = None
     error: str | None = None
     reason: str | None = None
+    platform: Platform | None = None
 
     @property
     def changed(self) -> bool:
         """True when the tag moved to a new digest since the last check."""
         return self.outcome is Outcome.CHANGED
 
+    @property
+    def name(self) -> str:
+        """The watch's name: the reference, and its platform if any."""
+        return watch_name(self.reference, self.platform)
+
     def to_json(self) -> dict[str, Any]:
         """The result as ``watcher check --json`` prints it."""
         return {
-            "image": str(self.reference),
+            "image": self.name,
+            "platform": str(self.platform) if self.platform else None,
             "digest": _text(self.digest),
             "previous_digest": _text(self.previous_digest),
             "changed": self.changed,
@@ -72,6 +90,17 @@ class CheckResult:
             "checked_at": self.checked_at.isoformat(),
             "error": self.error,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class _Observation:
+    """What a check will record: the digest, and what was read to find it."""
+
+    digest: Digest
+    media_type: str
+    source_digest: Digest | None = None
+    platforms: list[PlatformManifest] | None = None
+    previous_platforms: Sequence[PlatformManifest] | None = None
 
 
 def _text(digest: Digest | None) -> str | None:
@@ -102,21 +131,31 @@ class Checker:
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
         self._unreachable: set[str] = set()
+        # One lock per index digest: concurrent checks of tags that moved to the
+        # same index fetch it once, and the others read it from the store.
+        self._fetching: dict[Digest, asyncio.Lock] = {}
 
-    async def check(self, reference: Reference) -> CheckResult:
-        """Check ``reference`` once and record what was found."""
+    async def check(
+        self, reference: Reference, platform: Platform | None = None
+    ) -> CheckResult:
+        """Check a watch once and record what was found.
+
+        With ``platform``, the watch follows that platform's manifest inside the
+        tag's index rather than the tag's own digest.
+        """
+        name = watch_name(reference, platform)
         async with self._slots:
             self._metrics.checks_in_flight.inc()
             started = time.monotonic()
-            with structlog.contextvars.bound_contextvars(reference=str(reference)):
+            with structlog.contextvars.bound_contextvars(reference=name):
                 try:
-                    result = await self._check(reference)
+                    result = await self._check(reference, platform)
                 finally:
                     self._metrics.checks_in_flight.dec()
 
                 self._metrics.check_done(
                     registry=reference.registry,
-                    image=str(reference),
+                    image=name,
                     result=result.outcome.value,
                     seconds=time.monotonic() - started,
                     at=result.checked_at,
@@ -125,61 +164,186 @@ class Checker:
                 self._log_result(result)
         return result
 
-    async def check_all(self, references: Iterable[Reference]) -> list[CheckResult]:
-        """Check every reference concurrently; results come back in input order."""
-        return list(await asyncio.gather(*(self.check(ref) for ref in references)))
+    async def check_all(
+        self, watches: Iterable[tuple[Reference, Platform | None]]
+    ) -> list[CheckResult]:
+        """Check every watch concurrently; results come back in input order."""
+        checks = (self.check(reference, platform) for reference, platform in watches)
+        return list(await asyncio.gather(*checks))
 
-    async def _check(self, reference: Reference) -> CheckResult:
+    async def _check(
+        self, reference: Reference, platform: Platform | None
+    ) -> CheckResult:
         try:
             head = await self._resolver.head_manifest(reference)
-        except RegistryError as exc:
-            return await self._record_failure(reference, exc.reason, str(exc))
-
-        descriptor = head.descriptor
-        checked_at = self._clock()
-        try:
-            recorded: Recorded = await self._store.call(
-                self._store.sync.record_digest,
-                reference,
-                descriptor.digest,
-                descriptor.media_type,
-                checked_at,
-                self._messages_for,
-                notify_first_seen=self._notify_first_seen,
-            )
+            observed = await self._observe(reference, platform, head.descriptor)
+            return await self._record(reference, platform, observed)
+        except (RegistryError, _CheckFailed) as exc:
+            return await self._record_failure(reference, platform, exc.reason, str(exc))
         except StoreError as exc:
             log.error(
                 "check.not_recorded", error=type(exc).__name__, error_msg=str(exc)
             )
             return CheckResult(
-                reference, Outcome.ERROR, checked_at, error=str(exc), reason="store"
+                reference,
+                Outcome.ERROR,
+                self._clock(),
+                error=str(exc),
+                reason="store",
+                platform=platform,
             )
 
+    async def _observe(
+        self, reference: Reference, platform: Platform | None, descriptor: Any
+    ) -> _Observation:
+        """What to record for a HEAD's descriptor, reading an index only when needed."""
+        current: Current | None = await self._store.call(
+            self._store.sync.current, reference, platform
+        )
+        if platform is not None:
+            return await self._observe_platform(
+                reference, platform, descriptor, current
+            )
+
+        digest, media_type = descriptor.digest, descriptor.media_type
+        # A first sight records the index digest alone: reading every index on
+        # a cold start would cost a pull per tag on registries that meter pulls.
+        if current is None or current.digest == digest or not is_index(media_type):
+            return _Observation(digest, media_type)
+
+        platforms = await self._platforms_or_none(reference, digest)
+        previous: Sequence[PlatformManifest] | None = current.platforms
+        if platforms is not None and not previous and is_index(current.media_type):
+            previous = await self._platforms_or_none(reference, current.digest)
+        return _Observation(digest, media_type, None, platforms, previous)
+
+    async def _observe_platform(
+        self,
+        reference: Reference,
+        platform: Platform,
+        descriptor: Any,
+        current: Current | None,
+    ) -> _Observation:
+        index_digest = descriptor.digest
+        if not is_index(descriptor.media_type):
+            message = (
+                f"{reference} is a single {descriptor.media_type} manifest, not an "
+                f'index; remove platform = "{platform}" from its watch'
+            )
+            raise _CheckFailed(message, reason="unsupported")
+
+        if current is not None and current.source_digest == index_digest:
+            # The index has not moved, so neither has any platform in it.
+            return _Observation(current.digest, current.media_type, index_digest)
+
+        entries = await self._platforms(reference, index_digest)
+        chosen = next((e for e in entries if e.platform == platform), None)
+        if chosen is None:
+            listed = ", ".join(str(entry.platform) for entry in entries) or "none"
+            message = (
+                f"{reference} ({index_digest}) has no {platform}; it lists {listed}"
+            )
+            raise _CheckFailed(message, reason="not_found")
+        return _Observation(chosen.digest, chosen.media_type, index_digest)
+
+    async def _platforms_or_none(
+        self, reference: Reference, digest: Digest
+    ) -> list[PlatformManifest] | None:
+        """The platforms of an index, or None (logged) when it cannot be read now."""
+        try:
+            return await self._platforms(reference, digest)
+        except (RegistryError, _CheckFailed) as exc:
+            log.warning("platforms.unread", digest=str(digest), error_msg=str(exc))
+            return None
+
+    async def _platforms(
+        self, reference: Reference, digest: Digest
+    ) -> list[PlatformManifest]:
+        """The platforms of the index ``digest``, fetched at most once ever."""
+        lock = self._fetching.setdefault(digest, asyncio.Lock())
+        async with lock:
+            body = await self._fetch_once(reference, digest)
+        self._fetching.pop(digest, None)
+        try:
+            return platforms_of(body)
+        except ValueError as exc:
+            message = f"index {digest} of {reference}: {exc}"
+            raise _CheckFailed(message, reason="protocol") from exc
+
+    async def _fetch_once(self, reference: Reference, digest: Digest) -> bytes:
+        body: bytes | None = await self._store.call(self._store.sync.manifest, digest)
+        if body is None:
+            by_digest = Reference(
+                reference.registry, reference.repository, None, digest
+            )
+            manifest = await self._resolver.get_manifest(by_digest)
+            body = manifest.body
+            await self._store.call(
+                self._store.sync.save_manifest,
+                digest,
+                manifest.descriptor.media_type,
+                body,
+                self._clock(),
+            )
+        return body
+
+    async def _record(
+        self, reference: Reference, platform: Platform | None, observed: _Observation
+    ) -> CheckResult:
+        checked_at = self._clock()
+        recorded: Recorded = await self._store.call(
+            self._store.sync.record_digest,
+            reference,
+            observed.digest,
+            observed.media_type,
+            checked_at,
+            self._messages_for,
+            notify_first_seen=self._notify_first_seen,
+            platform=platform,
+            source_digest=observed.source_digest,
+            platforms=observed.platforms,
+            previous_platforms=observed.previous_platforms,
+        )
         if recorded.notifications:
             self._on_change()
         return CheckResult(
             reference,
             recorded.outcome,
             checked_at,
-            digest=descriptor.digest,
-            media_type=descriptor.media_type,
+            digest=observed.digest,
+            media_type=observed.media_type,
             previous_digest=recorded.previous_digest,
+            platform=platform,
         )
 
     async def _record_failure(
-        self, reference: Reference, reason: str, message: str
+        self,
+        reference: Reference,
+        platform: Platform | None,
+        reason: str,
+        message: str,
     ) -> CheckResult:
         checked_at = self._clock()
         try:
             await self._store.call(
-                self._store.sync.record_failure, reference, checked_at, reason, message
+                self._store.sync.record_failure,
+                reference,
+                checked_at,
+                reason,
+                message,
+                platform,
             )
         except StoreError as exc:
             log.error(
                 "check.not_recorded", error=type(exc).__name__, error_msg=str(exc)
             )
         return CheckResult(
-            reference, Outcome.ERROR, checked_at, error=message, reason=reason
+            reference,
+            Outcome.ERROR,
+            checked_at,
+            error=message,
+            reason=reason,
+            platform=platform,
         )
 
     def _log_result(self, result: CheckResult) -> None:
@@ -205,7 +369,7 @@ class Checker:
 
 def _log_outcome(result: CheckResult) -> None:
     if result.outcome is Outcome.ERROR:
-        log.warning("check.failed", reason=result.reason, error_msg=result.error)
+        log.error("check.failed", reason=result.reason, error_msg=result.error)
     elif result.outcome is Outcome.CHANGED:
         log.info(
             "digest.changed",

@@ -22,7 +22,7 @@ from watcher import __version__, config, logs
 from watcher.check import CheckResult
 from watcher.errors import ConfigError, InvalidReference, WatcherError
 from watcher.notify import check_urls
-from watcher.reference import Reference
+from watcher.reference import Platform, Reference, watch_name
 from watcher.store import ImageStatus, Period, open_store
 
 EXIT_FAILURE = 1
@@ -112,6 +112,12 @@ def check(
 def history(
     image: Annotated[str, typer.Argument(help="The image, as written in the config.")],
     config_path: ConfigOption = DEFAULT_CONFIG,
+    platform: Annotated[
+        str | None,
+        typer.Option(
+            help="The platform of a watch that follows one, e.g. linux/arm64."
+        ),
+    ] = None,
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -120,24 +126,38 @@ def history(
     Example: watcher history python:3.12-slim --config watcher.toml
     """
     with _errors(debug):
-        settings = _load(config_path, debug)
+        settings = _load(config_path, debug, need_secrets=False)
         reference = Reference.parse(image)
-        periods = _with_store(settings, lambda store: store.history(reference))
+        if reference.tag is not None:
+            reference = reference.with_tag(reference.tag)  # the tag is what is watched
+        chosen = _platform(platform)
+        periods = _with_store(settings, lambda store: store.history(reference, chosen))
 
+    name = watch_name(reference, chosen)
     if not periods:
         _fail(
-            f"no history for {reference}; is it watched and checked? "
+            f"no history for {name}; is it watched and checked? "
             "(`watcher status` lists what is)",
             EXIT_FAILURE,
         )
     if as_json:
         print(json.dumps([_period_json(period) for period in periods], indent=2))
         return
-    print(f"{reference}")
+    print(name)
     _print_table(
         ["DIGEST", "MEDIA TYPE", "FIRST SEEN", "LAST SEEN", "REPLACED"],
         [_period_row(period) for period in periods],
     )
+    for period in periods:
+        if period.platforms:
+            print(f"\nplatforms of {period.digest}:")
+            _print_table(
+                ["PLATFORM", "DIGEST"],
+                [
+                    [str(entry.platform), str(entry.digest)]
+                    for entry in period.platforms
+                ],
+            )
 
 
 @app.command()
@@ -151,10 +171,10 @@ def status(
     Example: watcher status --config watcher.toml
     """
     with _errors(debug):
-        settings = _load(config_path, debug)
+        settings = _load(config_path, debug, need_secrets=False)
         known = {s.reference: s for s in _with_store(settings, lambda s: s.statuses())}
 
-    rows = [(str(w.image), known.get(str(w.image))) for w in settings.watch]
+    rows = [(w.name, known.get(w.name)) for w in settings.watch]
     if as_json:
         print(json.dumps([_status_json(name, found) for name, found in rows], indent=2))
         return
@@ -185,11 +205,8 @@ async def _check_once(settings: config.Settings) -> list[CheckResult]:
         return await service.check_once()
 
 
-def _load(path: Path, debug: bool) -> config.Settings:
-    settings = config.load(path)
-    problems = check_urls(settings.notify.urls)
-    if problems:
-        raise ConfigError(str(path), problems)
+def _load(path: Path, debug: bool, *, need_secrets: bool = True) -> config.Settings:
+    settings = config.load(path, check_urls=check_urls, need_secrets=need_secrets)
     logs.configure(
         level="debug" if debug else settings.log_level,
         fmt=settings.log_format,
@@ -241,7 +258,7 @@ def _when(value: datetime | None) -> str:
 
 def _result_row(result: CheckResult) -> list[str]:
     digest = str(result.digest) if result.digest else "-"
-    return [str(result.reference), digest, result.outcome.value, result.error or ""]
+    return [result.name, digest, result.outcome.value, result.error or ""]
 
 
 def _period_row(period: Period) -> list[str]:
@@ -261,7 +278,19 @@ def _period_json(period: Period) -> dict[str, Any]:
         "first_seen": period.first_seen.isoformat(),
         "last_seen": period.last_seen.isoformat(),
         "replaced_at": period.ended_at.isoformat() if period.ended_at else None,
+        "platforms": {
+            str(entry.platform): str(entry.digest) for entry in period.platforms
+        },
     }
+
+
+def _platform(text: str | None) -> Platform | None:
+    if text is None:
+        return None
+    try:
+        return Platform.parse(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--platform") from exc
 
 
 def _status_row(image: str, found: ImageStatus | None) -> list[str]:
@@ -276,7 +305,8 @@ def _status_row(image: str, found: ImageStatus | None) -> list[str]:
 
 def _status_json(image: str, found: ImageStatus | None) -> dict[str, Any]:
     if found is None:
-        return {"image": image, "digest": None, "last_check": None, "result": None}
+        keys = ("digest", "media_type", "since", "last_check", "result", "error")
+        return {"image": image} | dict.fromkeys((*keys, "last_change"))
     return {
         "image": image,
         "digest": str(found.digest) if found.digest else None,

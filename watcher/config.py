@@ -6,10 +6,12 @@ reported at once, each naming the file, the line, the key and the accepted form.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -46,6 +49,10 @@ MAX_DEFAULT_JITTER_SECONDS = 300.0
 #: How often the delivery loop looks for notifications still owed.
 DEFAULT_NOTIFY_RETRY_SECONDS = 30.0
 
+#: Longer durations are surely typos; the scheduler cannot represent far futures.
+MAX_DURATION_SECONDS = 366 * 86400.0
+MIN_INTERVAL_SECONDS = 1.0
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_FORM = 'a duration such as "30s", "15m", "6h", "1d" or "1h30m"'
@@ -65,8 +72,20 @@ def parse_duration(value: object) -> float:
         msg = f"expected {_DURATION_FORM}, got {value!r}"
         raise ValueError(msg)
 
-    if seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0:
         msg = f"expected a positive duration, got {value!r}"
+        raise ValueError(msg)
+    if seconds > MAX_DURATION_SECONDS:
+        msg = f"expected a duration of at most 366d, got {value!r}"
+        raise ValueError(msg)
+    return seconds
+
+
+def parse_interval(value: object) -> float:
+    """A duration of at least one second: the shortest time between two checks."""
+    seconds = parse_duration(value)
+    if seconds < MIN_INTERVAL_SECONDS:
+        msg = f"expected an interval of at least 1s, got {value!r}"
         raise ValueError(msg)
     return seconds
 
@@ -101,6 +120,7 @@ def format_duration(seconds: float) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Interval = Annotated[float, BeforeValidator(parse_interval)]
 
 
 def _parse_reference(value: object) -> Reference:
@@ -141,7 +161,7 @@ class RegistrySettings(_Model):
     #: A PEM bundle of the CAs that sign this registry's certificate.
     ca_file: Path | None = None
     #: Skip TLS certificate verification: only for a registry you trust by network.
-    insecure: bool = False
+    insecure: StrictBool = False
     #: Hosts of token realms, other than the registry's own, that may receive this
     #: registry's credentials. Unset: the registry's built-in default, if any.
     realm_hosts: list[str] | None = None
@@ -194,7 +214,7 @@ class WatchSettings(_Model):
     """One ``[[watch]]`` entry: an image reference and its schedule."""
 
     image: Annotated[Reference, BeforeValidator(_parse_reference)]
-    interval: Duration | None = None
+    interval: Interval | None = None
     #: Follow one platform's manifest inside the tag's index (``linux/arm64``).
     platform: Annotated[Platform, BeforeValidator(_parse_platform)] | None = None
 
@@ -212,7 +232,8 @@ class WatchSettings(_Model):
                 "watch a tag instead, e.g. 'name:tag'"
             )
             raise ValueError(msg)
-        return value
+        # A pinned digest beside the tag is where the tag was; the tag is watched.
+        return value.with_tag(value.tag)
 
 
 class NotifySettings(_Model):
@@ -236,11 +257,11 @@ class Settings(_Model):
     """The whole configuration, loaded once by the CLI and passed down."""
 
     database_url: str = DEFAULT_DATABASE_URL
-    interval: Duration = DEFAULT_CHECK_INTERVAL_SECONDS
+    interval: Interval = DEFAULT_CHECK_INTERVAL_SECONDS
     jitter: Duration | None = None
     listen: str = DEFAULT_LISTEN
     concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=10000)
-    notify_on_first_seen: bool = False
+    notify_on_first_seen: StrictBool = False
     notify_retry: Duration = DEFAULT_NOTIFY_RETRY_SECONDS
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
@@ -250,6 +271,17 @@ class Settings(_Model):
     registries: dict[str, RegistrySettings] = Field(default_factory=dict)
     watch: list[WatchSettings] = Field(default_factory=list)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_has_a_scheme(cls, value: str) -> str:
+        if not re.match(r"[a-z][a-z0-9+]*://", value):
+            msg = (
+                "expected an SQLAlchemy URL such as 'sqlite:///watcher.db' or "
+                f"'postgresql+psycopg://user@host/watcher', got {value!r}"
+            )
+            raise ValueError(msg)
+        return value
 
     @field_validator("listen")
     @classmethod
@@ -314,11 +346,27 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
 
 
-def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+UrlChecker = Callable[[Sequence[SecretStr]], list[tuple[int, str]]]
+
+
+def load(
+    path: str | Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    check_urls: UrlChecker | None = None,
+    need_secrets: bool = True,
+) -> Settings:
     """Read, validate and resolve the configuration file at ``path``.
 
+    Args:
+        check_urls: tells which notification URLs cannot be used, as
+            ``(index, problem)`` pairs; the notifier knows, this module does not.
+        need_secrets: False for commands that only read history, which then
+            start without the registry passwords.
+
     Raises:
-        ConfigError: with one line per problem, each naming line and key.
+        ConfigError: with one line per problem, each naming line and key,
+            sorted by line.
     """
     environ = os.environ if environ is None else environ
     path = Path(path)
@@ -328,14 +376,78 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
 
+    locator = _KeyLocator(text)
+    problems: list[str] = []
+    settings: Settings | None = None
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        locator = _KeyLocator(text)
-        problems = [_describe(error, locator) for error in exc.errors()]
-        raise ConfigError(str(path), problems) from None
+        problems += [_describe(error, locator) for error in exc.errors()]
 
-    return _resolve_secrets(settings, str(path), text, environ)
+    passwords: dict[str, SecretStr] = {}
+    for key, raw in _raw_registries(data):
+        problems += _missing_files(raw, key, locator)
+        if not need_secrets:
+            continue
+        secret, problem = _read_password(raw, key[1], environ)
+        if problem is not None:
+            source = "password_env" if raw.get("password_env") else "password_file"
+            problems.append(f"{locator.where((*key, source))}: {problem}")
+        elif secret is not None:
+            passwords[registry_name(key[1])] = SecretStr(secret)
+
+    if check_urls is not None:
+        for index, problem in check_urls(_raw_urls(data)):
+            problems.append(f"{locator.where(('notify', 'urls'))}[{index}]: {problem}")
+    if settings is not None:
+        problems += _duplicate_watches(settings, locator)
+
+    if problems or settings is None:
+        raise ConfigError(str(path), sorted(problems, key=_line_number))
+    return _with_secrets(settings, passwords, environ)
+
+
+def _line_number(problem: str) -> int:
+    match = re.match(r"line (\d+):", problem)
+    return int(match[1]) if match else sys.maxsize
+
+
+def _raw_registries(
+    data: Mapping[str, Any],
+) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+    """The ``[registries]`` tables as written, even when the file did not validate."""
+    registries = data.get("registries")
+    if not isinstance(registries, dict):
+        return []
+    return [
+        (("registries", key), raw)
+        for key, raw in registries.items()
+        if isinstance(raw, dict)
+    ]
+
+
+def _raw_urls(data: Mapping[str, Any]) -> list[SecretStr]:
+    """The notification URLs as written, even when the file did not validate."""
+    notify = data.get("notify")
+    urls = notify.get("urls") if isinstance(notify, dict) else None
+    if not isinstance(urls, list):
+        return []
+    return [SecretStr(url) for url in urls if isinstance(url, str) and "://" in url]
+
+
+def _with_secrets(
+    settings: Settings, passwords: Mapping[str, SecretStr], environ: Mapping[str, str]
+) -> Settings:
+    registries = {
+        name: registry.model_copy(update={"password": passwords[name]})
+        if name in passwords
+        else registry
+        for name, registry in settings.registries.items()
+    }
+    docker_config = settings.docker_config or _default_docker_config(environ)
+    return settings.model_copy(
+        update={"registries": registries, "docker_config": docker_config}
+    )
 
 
 def _read(path: Path) -> str:
@@ -348,38 +460,6 @@ def _read(path: Path) -> str:
         raise ConfigError(str(path), [f"cannot read: {exc}"]) from None
 
 
-def _resolve_secrets(
-    settings: Settings, path: str, text: str, environ: Mapping[str, str]
-) -> Settings:
-    locator = _KeyLocator(text)
-    problems: list[str] = []
-    registries: dict[str, RegistrySettings] = {}
-    for name, registry in settings.registries.items():
-        if registry.password_env is None:
-            registries[name] = registry
-            continue
-
-        secret = environ.get(registry.password_env)
-        if not secret:
-            where = locator.where(
-                ("registries", _original_key(text, name), "password_env")
-            )
-            problems.append(
-                f"{where}: environment variable {registry.password_env} is not set; "
-                f"export it with the password for {registry.username}@{name}"
-            )
-            continue
-        registries[name] = registry.model_copy(update={"password": SecretStr(secret)})
-
-    problems += _duplicate_watches(settings, locator)
-    if problems:
-        raise ConfigError(path, problems)
-    docker_config = settings.docker_config or _default_docker_config(environ)
-    return settings.model_copy(
-        update={"registries": registries, "docker_config": docker_config}
-    )
-
-
 def _default_docker_config(environ: Mapping[str, str]) -> Path | None:
     if environ.get("DOCKER_CONFIG"):
         return Path(environ["DOCKER_CONFIG"]) / "config.json"
@@ -389,44 +469,41 @@ def _default_docker_config(environ: Mapping[str, str]) -> Path | None:
 
 
 def _read_password(
-    registry: RegistrySettings, name: str, environ: Mapping[str, str]
+    raw: Mapping[str, Any], name: str, environ: Mapping[str, str]
 ) -> tuple[str | None, str | None]:
     """The password, or a problem saying why it cannot be had (never the secret)."""
-    account = f"{registry.username}@{name}"
-    if registry.password_env is not None:
-        secret = environ.get(registry.password_env)
+    account = f"{raw.get('username')}@{name}"
+    variable, path = raw.get("password_env"), raw.get("password_file")
+    if isinstance(variable, str) and variable:
+        secret = environ.get(variable)
         if not secret:
             return None, (
-                f"environment variable {registry.password_env} is not set; "
+                f"environment variable {variable} is not set; "
                 f"export it with the password for {account}"
             )
         return secret, None
 
-    if registry.password_file is not None:
+    if isinstance(path, str) and path:
         try:
-            secret = registry.password_file.read_text(encoding="utf-8").strip()
+            secret = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-            return None, f"cannot read {registry.password_file}: {why}"
+            return None, f"cannot read {path}: {why}"
         if not secret:
-            return (
-                None,
-                f"{registry.password_file} is empty; put the password for {account} in it",
-            )
+            return None, f"{path} is empty; put the password for {account} in it"
         return secret, None
 
     return None, None
 
 
 def _missing_files(
-    registry: RegistrySettings, key: tuple[str, str], locator: _KeyLocator
+    raw: Mapping[str, Any], key: tuple[str, str], locator: _KeyLocator
 ) -> list[str]:
-    if registry.ca_file is None or registry.ca_file.is_file():
+    ca_file = raw.get("ca_file")
+    if not isinstance(ca_file, str) or Path(ca_file).is_file():
         return []
     where = locator.where((*key, "ca_file"))
-    return [
-        f"{where}: {registry.ca_file} does not exist; give the path of a PEM CA bundle"
-    ]
+    return [f"{where}: {ca_file} does not exist; give the path of a PEM CA bundle"]
 
 
 def _duplicate_watches(settings: Settings, locator: _KeyLocator) -> list[str]:
@@ -455,14 +532,40 @@ def _original_key(text: str, name: str) -> str:
     return name
 
 
+_EXPECTED = {
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "dict_type": "expected a table",
+    "model_type": "expected a table",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "list_type": "expected a list",
+    "literal_error": "expected one of",
+    "string_type": "expected a string",
+}
+
+
 def _describe(error: Mapping[str, Any], locator: _KeyLocator) -> str:
     loc = tuple(error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ")
     kind = error["type"]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    context = error.get("ctx") or {}
     if kind == "extra_forbidden":
         message = f"unknown key; {_known_keys(loc)}"
     elif kind == "missing":
         message = "required key is missing"
+    elif kind == "greater_than_equal":
+        message = f"expected at least {context['ge']}, got {error['input']!r}"
+    elif kind == "less_than_equal":
+        message = f"expected at most {context['le']}, got {error['input']!r}"
+    elif kind == "literal_error":
+        message = f"expected one of {context['expected']}, got {error['input']!r}"
+    elif kind in _EXPECTED:
+        shown = "a secret" if loc[:1] == ("notify",) else repr(error["input"])
+        message = f"{_EXPECTED[kind]}, got {shown}"
     return f"{locator.where(loc)}: {message}"
 
 

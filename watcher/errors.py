@@ -7,6 +7,7 @@ This module imports nothing else from watcher, so any module may import it.
     ├── InvalidReference         an image reference that does not parse
     ├── StoreError               the database failed or holds something unexpected
     ├── NotifyError              a notification could not be delivered
+    ├── ListenError              the /metrics server could not listen on its address
     └── RegistryError            a registry request failed; carries method, url, status
         ├── AuthError            401/403, or a token exchange that failed
         ├── NotFound             404: no such repository or tag
@@ -57,6 +58,17 @@ class NotifyError(WatcherError):
     def __init__(self, target: str, message: str) -> None:
         self.target = target
         super().__init__(f"notify {target}: {message}")
+
+
+class ListenError(WatcherError):
+    """The HTTP server for /metrics could not bind its address."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        super().__init__(
+            f"listen on {address}: {reason}; stop whatever holds it, or change "
+            "listen in the configuration"
+        )
 
 
 class RegistryError(WatcherError):
@@ -135,9 +147,11 @@ class RegistryUnavailable(RegistryError):
         reason: str,
         status: int | None = None,
         codes: Sequence[str] = (),
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, method=method, url=url, status=status, codes=codes)
         self.reason = reason
+        self.retry_after = retry_after
 
 
 class ProtocolViolation(RegistryError):

@@ -63,7 +63,10 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _LEVELS["error"] = logging.ERROR
 
 # These libraries log every request or job at INFO; ours say it better at DEBUG.
-_QUIET_LIBRARIES = ("httpx", "httpcore", "apscheduler", "apprise", "urllib3")
+_QUIET_LIBRARIES = ("httpx", "httpcore", "apprise", "urllib3")
+# APScheduler warns at every skipped overlapping run; the job wrapper and the
+# metrics say what matters about jobs.
+_SILENT_LIBRARIES = ("apscheduler",)
 
 
 def configure(
@@ -111,6 +114,8 @@ def configure(
     root.setLevel(_LEVELS[level])
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, _LEVELS[level]))
+    for name in _SILENT_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):

@@ -27,7 +27,7 @@ from prometheus_client import (
 )
 
 from watcher import __version__
-from watcher.errors import ERROR_REASONS
+from watcher.errors import ERROR_REASONS, ListenError
 
 #: Check outcomes, the values of the ``result`` label.
 CHECK_RESULTS = ("first_seen", "unchanged", "changed", "error")
@@ -308,9 +308,13 @@ class MetricsServer:
             return [b"not found; try /metrics or /healthz\n"]
 
         server_class = _ThreadingWSGIServerV6 if ":" in host else _ThreadingWSGIServer
-        self._server = make_server(
-            host, port, app, server_class=server_class, handler_class=_QuietHandler
-        )
+        try:
+            self._server = make_server(
+                host, port, app, server_class=server_class, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise ListenError(address, exc.strerror or str(exc)) from exc
         self.port = self._server.server_port
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True

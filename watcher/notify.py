@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,36 +46,71 @@ def targets_from(urls: Sequence[SecretStr]) -> list[Target]:
     return [Target.from_url(url) for url in urls]
 
 
-def check_urls(urls: Sequence[SecretStr]) -> list[str]:
-    """One problem per URL that Apprise cannot use; the URLs themselves stay out."""
+def check_urls(urls: Sequence[SecretStr]) -> list[tuple[int, str]]:
+    """``(index, problem)`` per URL Apprise cannot use; the URLs themselves stay out."""
     problems = []
     for index, url in enumerate(urls):
         target = Target.from_url(url)
-        if not apprise.Apprise().add(url.get_secret_value()):
+        with _apprise_silenced():
+            accepted = apprise.Apprise().add(url.get_secret_value())
+        if not accepted:
             problems.append(
-                f"notify.urls[{index}]: Apprise does not accept this {target.scheme}:// "
-                "URL; see https://github.com/caronc/apprise/wiki for its form"
+                (
+                    index,
+                    f"Apprise does not accept this {target.scheme}:// URL; see "
+                    "https://github.com/caronc/apprise/wiki for its form",
+                )
             )
     return problems
 
 
+@contextmanager
+def _apprise_silenced() -> Iterator[None]:
+    """Apprise logs a URL it rejects, secrets and all: keep that out of every log."""
+    logger = logging.getLogger("apprise")
+    propagate, disabled = logger.propagate, logger.disabled
+    logger.propagate, logger.disabled = False, True
+    try:
+        yield
+    finally:
+        logger.propagate, logger.disabled = propagate, disabled
+
+
 def render(change: Change) -> tuple[str, str]:
     """The default title and body announcing ``change``."""
-    reference = str(change.reference)
+    name = change.name
     when = change.detected_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     if change.old_digest is None:
-        title = f"Now watching {reference}"
-        body = f"{reference} points at {change.new_digest} (first seen {when})."
+        title = f"Now watching {name}"
+        body = f"{name} points at {change.new_digest} (first seen {when})."
         return title, body
 
-    title = f"{reference} changed"
-    body = (
-        f"{reference} now points at {change.new_digest}\n"
-        f"previously {change.old_digest}\n"
-        f"media type {change.media_type}\n"
-        f"detected {when}"
-    )
-    return title, body
+    title = f"{name} changed"
+    lines = [
+        f"{name} now points at {change.new_digest}",
+        f"previously {change.old_digest}",
+        f"media type {change.media_type}",
+        f"detected {when}",
+    ]
+    if change.platforms_known:
+        lines += _platform_lines(change)
+    return title, "\n".join(lines)
+
+
+def _platform_lines(change: Change) -> list[str]:
+    if not change.platforms:
+        return ["no platform's manifest changed (only the index itself)"]
+    lines = ["platforms changed:"]
+    for entry in change.platforms:
+        if entry.old_digest is None:
+            lines.append(f"  {entry.platform}: added, {entry.new_digest}")
+        elif entry.new_digest is None:
+            lines.append(f"  {entry.platform}: removed (was {entry.old_digest})")
+        else:
+            lines.append(
+                f"  {entry.platform}: {entry.old_digest} -> {entry.new_digest}"
+            )
+    return lines
 
 
 class MessageBuilder:

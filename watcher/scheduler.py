@@ -7,6 +7,7 @@ scheduler goes on with the others.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,9 +34,16 @@ class Job:
 
 
 async def guarded(job_id: str, run: Callable[[], Awaitable[object]]) -> None:
-    """Run one job; whatever it raises is logged and never reaches the scheduler."""
+    """Run one job; whatever it raises is logged and never reaches the scheduler.
+
+    This is the one place that catches every exception: a bug in one check must
+    not stop the others. A job cancelled because the service stops is logged as
+    such, not as a crash.
+    """
     try:
         await run()
+    except asyncio.CancelledError:
+        log.info("job.cancelled", job_id=job_id)
     except Exception:
         log.exception("job.crashed", job_id=job_id)
 
@@ -65,7 +73,7 @@ def build(jobs: Sequence[Job], *, start_at: datetime) -> AsyncIOScheduler:
 
 
 def describe(scheduler: AsyncIOScheduler) -> list[dict[str, Any]]:
-    """Job ids with their trigger intervals, for tests and status output."""
+    """Job ids with their trigger intervals."""
     return [
         {"id": job.id, "seconds": job.trigger.interval.total_seconds()}
         for job in scheduler.get_jobs()

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import functools
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import Any
 
 from watcher import scheduler
 from watcher.check import Checker, CheckResult, Clock, utc_now
@@ -46,10 +47,14 @@ class Service:
         self.metrics = metrics or Metrics()
         self.store = AsyncStore(open_store(settings.database_url))
         self.client = RegistryClient(
-            settings.registry, observer=self.metrics, transport=transport
+            settings.registry,
+            observer=self.metrics,
+            transport=transport,
+            docker_config=settings.docker_config,
         )
         targets = targets_from(settings.notify.urls)
         self._delivery_wanted = asyncio.Event()
+        self._running: set[asyncio.Task[Any]] = set()
         self.courier = Courier(
             store=self.store,
             notifier=notifier or AppriseNotifier(),
@@ -83,8 +88,10 @@ class Service:
 
     async def check_once(self) -> list[CheckResult]:
         """Check every watch once, then deliver what the changes owe."""
-        references = [watch.image for watch in self.settings.watch]
-        results = await self.checker.check_all(references)
+        if not self.settings.watch:
+            log.warning("config.no_watches", hint="add [[watch]] entries to check tags")
+        watches = [(watch.image, watch.platform) for watch in self.settings.watch]
+        results = await self.checker.check_all(watches)
         await self.courier.deliver_due()
         return results
 
@@ -103,13 +110,18 @@ class Service:
             watches=len(self.settings.watch),
         )
 
+        if not self.settings.watch:
+            log.warning("config.no_watches", hint="add [[watch]] entries to check tags")
         jobs = scheduler.build(self._jobs(), start_at=utc_now())
         courier = asyncio.create_task(self._deliver_on_change(stop))
         jobs.start()
         try:
             await stop.wait()
         finally:
-            log.info("service.stopping")
+            log.info("service.stopping", checks_running=len(self._running))
+            jobs.pause()
+            if self._running:
+                await asyncio.wait(set(self._running), timeout=STOP_GRACE_SECONDS)
             jobs.shutdown(wait=False)
             courier.cancel()
             await _finish_running_tasks(STOP_GRACE_SECONDS)
@@ -119,10 +131,12 @@ class Service:
     def _jobs(self) -> list[scheduler.Job]:
         jobs = [
             scheduler.Job(
-                id=str(watch.image),
+                id=watch.name,
                 seconds=self.settings.interval_of(watch),
                 jitter=self.settings.jitter_of(watch),
-                run=functools.partial(self.checker.check, watch.image),
+                run=functools.partial(
+                    self._tracked, self.checker.check, watch.image, watch.platform
+                ),
             )
             for watch in self.settings.watch
         ]
@@ -136,6 +150,18 @@ class Service:
         )
         return jobs
 
+    async def _tracked(
+        self, function: Callable[..., Awaitable[object]], *args: object
+    ) -> object:
+        """Run a job, known as running so that a stop can wait for it."""
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - always called from a task
+        self._running.add(task)
+        try:
+            return await function(*args)
+        finally:
+            self._running.discard(task)
+
     async def _deliver_on_change(self, stop: asyncio.Event) -> None:
         """Deliver as soon as a change owes messages, not at the next outbox tick."""
         while not stop.is_set():
@@ -144,7 +170,7 @@ class Service:
             await scheduler.guarded("outbox-on-change", self.courier.deliver_due)
 
     def _seed_metrics(self) -> None:
-        watched = {str(watch.image) for watch in self.settings.watch}
+        watched = {watch.name for watch in self.settings.watch}
         self.metrics.watches_configured(sorted(watched))
         for status in self.store.sync.statuses():
             if status.reference in watched:

@@ -2,7 +2,7 @@
 
 `HubDouble` is a plain ASGI app served by uvicorn on 127.0.0.1 in a background thread.
 It reverse-proxies reads to an upstream registry (normally the `docker-registry` of
-`tests.real.registry`) and adds what no local registry shows, as REGISTRY-FACTS.md
+`tests.real.registry`) and adds what no local registry shows, as ../shared/REGISTRY-FACTS.md
 describes Docker Hub:
 
 - every `/v2/` request needs `Authorization: Bearer <token>`; without one it answers

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel, create_engine
 
 from watcher.errors import StoreError
@@ -50,8 +51,14 @@ def _engine(url: str) -> Engine:
     try:
         if parsed.get_backend_name() != "sqlite":
             return create_engine(parsed, pool_pre_ping=True)
-        # One writer thread and readers on other threads share the file.
-        engine = create_engine(parsed, connect_args={"check_same_thread": False})
+        # One writer thread and readers on other threads share the file; an
+        # in-memory database lives in one connection, so all must share that.
+        in_memory = parsed.database in (None, "", ":memory:")
+        engine = create_engine(
+            parsed,
+            connect_args={"check_same_thread": False},
+            poolclass=StaticPool if in_memory else None,
+        )
     except NoSuchModuleError as exc:
         msg = f"database_url {parsed.render_as_string()}: no driver for {parsed.drivername!r}; install it (for PostgreSQL: pip install 'watcher[postgres]')"
         raise StoreError(msg) from exc
