@@ -3,15 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint registry-binary clean
+.PHONY: run test lint python-venv test-services clean
 
-$(VENV)/.run: pyproject.toml
+$(VENV)/.run: pyproject.toml | python-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(VENV)/.test: pyproject.toml
+$(VENV)/.test: pyproject.toml | python-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -20,7 +20,7 @@ $(VENV)/.test: pyproject.toml
 run: $(VENV)/.run
 	$(BIN)/watcher run --config config.example.toml
 
-test: $(VENV)/.test registry-binary lint
+test: $(VENV)/.test test-services lint
 	$(BIN)/pytest
 
 lint: $(VENV)/.test
@@ -28,19 +28,27 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check watcher tests
 	$(BIN)/mypy
 
+# Debian's python3 makes virtual environments only with python3-venv.
+python-venv:
+	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || $(call apt,python3-venv)
+
 # The integration tests start Debian's docker-registry (CNCF distribution), one of
 # them behind htpasswd basic auth (htpasswd comes with apache2-utils).
-registry-binary:
-	@if ! command -v docker-registry >/dev/null 2>&1 || ! command -v htpasswd >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's docker-registry and apache2-utils for the integration tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends docker-registry apache2-utils >/dev/null; \
-	  else \
-	    echo "make test needs Debian's docker-registry and apache2-utils: run 'sudo apt-get install docker-registry apache2-utils' and try again" >&2; \
-	    exit 1; \
-	  fi; \
-	fi
+test-services:
+	@command -v docker-registry >/dev/null 2>&1 && command -v htpasswd >/dev/null 2>&1 \
+	  || $(call apt,docker-registry apache2-utils)
+
+# $(call apt,PACKAGES): install Debian packages as root, or say how to.
+define apt
+  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+      echo "installing Debian packages: $(1)"; \
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends $(1) >/dev/null; \
+    else \
+      echo "this needs Debian packages: run 'sudo apt-get install $(1)' and try again" >&2; \
+      exit 1; \
+    fi; }
+endef
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
