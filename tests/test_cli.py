@@ -147,3 +147,20 @@ def test_status_lists_every_watch_including_unchecked(
     assert rows[checked]["digest"] == pushed.digest
     assert rows[checked]["result"] == "first_seen"
     assert rows["docker.io/library/alpine:3"]["last_check"] is None
+
+
+def test_tags_lists_every_tag_of_a_repository(registry, repository_name):
+    for tag in ("1.0", "1.1", "latest"):
+        push_image(registry.url, repository_name, tag, "oci-manifest", seed="same")
+
+    result = invoke("tags", f"{registry.host}/{repository_name}", "--json")
+
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(result.stdout)) == ["1.0", "1.1", "latest"]
+
+
+def test_tags_of_an_unknown_repository_exits_1(registry):
+    result = invoke("tags", f"{registry.host}/no/such-repository")
+
+    assert result.exit_code == 1
+    assert "no/such-repository" in result.stderr

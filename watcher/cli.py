@@ -23,6 +23,8 @@ from watcher.check import CheckResult
 from watcher.errors import ConfigError, InvalidReference, WatcherError
 from watcher.notify import check_urls
 from watcher.reference import Platform, Reference, watch_name
+from watcher.registry import RegistryClient
+from watcher.service import Service, stop_on_signals
 from watcher.store import ImageStatus, Period, open_store
 
 EXIT_FAILURE = 1
@@ -184,13 +186,46 @@ def status(
     )
 
 
+@app.command()
+def tags(
+    image: Annotated[str, typer.Argument(help="The repository, e.g. ghcr.io/org/app.")],
+    config_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="For registry settings and credentials; anonymous without it.",
+            envvar="WATCHER_CONFIG",
+            dir_okay=False,
+        ),
+    ] = None,
+    page_size: Annotated[
+        int | None, typer.Option(min=1, help="Tags per request (the n= parameter).")
+    ] = None,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """List a repository's tags, following the registry's pages.
+
+    Example: watcher tags quay.io/prometheus/prometheus
+    """
+    with _errors(debug):
+        settings = _load(config_path, debug) if config_path else _defaults(debug)
+        reference = Reference.parse(image)
+        found = asyncio.run(_list_tags(settings, reference, page_size))
+
+    if as_json:
+        print(json.dumps(found, indent=2))
+    else:
+        print("\n".join(found))
+
+
 def main() -> None:
     """Entry point of the ``watcher`` console script."""
     app()
 
 
 async def _run(settings: config.Settings) -> None:
-    from watcher.service import Service, stop_on_signals
 
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -199,10 +234,23 @@ async def _run(settings: config.Settings) -> None:
 
 
 async def _check_once(settings: config.Settings) -> list[CheckResult]:
-    from watcher.service import Service
 
     async with Service(settings) as service:
         return await service.check_once()
+
+
+async def _list_tags(
+    settings: config.Settings, reference: Reference, page_size: int | None
+) -> list[str]:
+    client = RegistryClient(settings.registry, docker_config=settings.docker_config)
+    async with client:
+        return await client.list_tags(reference, page_size=page_size)
+
+
+def _defaults(debug: bool) -> config.Settings:
+    settings = config.defaults()
+    logs.configure(level="debug" if debug else settings.log_level)
+    return settings
 
 
 def _load(path: Path, debug: bool, *, need_secrets: bool = True) -> config.Settings:

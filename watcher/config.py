@@ -407,6 +407,12 @@ def load(
     return _with_secrets(settings, passwords, environ)
 
 
+def defaults(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of an empty configuration file, for commands run without one."""
+    environ = os.environ if environ is None else environ
+    return Settings(docker_config=_default_docker_config(environ))
+
+
 def _line_number(problem: str) -> int:
     match = re.match(r"line (\d+):", problem)
     return int(match[1]) if match else sys.maxsize
