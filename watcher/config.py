@@ -48,6 +48,8 @@ DEFAULT_JITTER_FRACTION = 0.1
 MAX_DEFAULT_JITTER_SECONDS = 300.0
 #: How often the delivery loop looks for notifications still owed.
 DEFAULT_NOTIFY_RETRY_SECONDS = 30.0
+DEFAULT_NOTIFY_LEASE_SECONDS = 60.0
+DEFAULT_NOTIFY_MAX_AGE_SECONDS = 24 * 3600.0
 
 #: Longer durations are surely typos; the scheduler cannot represent far futures.
 MAX_DURATION_SECONDS = 366 * 86400.0
@@ -263,6 +265,11 @@ class Settings(_Model):
     concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=10000)
     notify_on_first_seen: StrictBool = False
     notify_retry: Duration = DEFAULT_NOTIFY_RETRY_SECONDS
+    #: How long a claimed notification is one process's to send; after a crash
+    #: its messages go out once this has passed.
+    notify_lease: Duration = DEFAULT_NOTIFY_LEASE_SECONDS
+    #: How long undelivered notifications are retried before they are failed.
+    notify_max_age: Duration = DEFAULT_NOTIFY_MAX_AGE_SECONDS
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     #: Docker's config.json, for credentials `docker login` stored. Unset: the

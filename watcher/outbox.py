@@ -28,7 +28,7 @@ DEFAULT_LONGEST_RETRY = timedelta(hours=1)
 DEFAULT_MAX_AGE = timedelta(hours=24)
 #: How long a claimed message is this process's to send: longer than any send
 #: takes, short enough that a crashed process's messages go out soon after.
-CLAIM_LEASE = timedelta(minutes=5)
+DEFAULT_LEASE = timedelta(minutes=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,7 @@ class Courier:
         first_retry: timedelta = DEFAULT_FIRST_RETRY,
         longest_retry: timedelta = DEFAULT_LONGEST_RETRY,
         max_age: timedelta = DEFAULT_MAX_AGE,
+        lease: timedelta = DEFAULT_LEASE,
     ) -> None:
         self._store = store
         self._notifier = notifier
@@ -63,6 +64,7 @@ class Courier:
         self._first_retry = first_retry
         self._longest_retry = longest_retry
         self._max_age = max_age
+        self._lease = lease
         self._lock = asyncio.Lock()
 
     async def deliver_due(self) -> DeliveryReport:
@@ -70,7 +72,7 @@ class Courier:
         async with self._lock:
             now = self._clock()
             due = await self._store.call(
-                self._store.sync.claim_due, now, now + CLAIM_LEASE
+                self._store.sync.claim_due, now, now + self._lease
             )
             outcomes = [await self._deliver(message) for message in due]
             pending = await self._store.call(self._store.sync.count_pending)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import signal
+from datetime import timedelta
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -61,6 +62,8 @@ class Service:
             targets=targets,
             metrics=self.metrics,
             clock=clock,
+            max_age=timedelta(seconds=settings.notify_max_age),
+            lease=timedelta(seconds=settings.notify_lease),
         )
         self.checker = Checker(
             resolver=self.client,
