@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import functools
 import signal
-from datetime import timedelta
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
