@@ -324,6 +324,59 @@ class TestLoad:
         assert problem.startswith("line 1: ")
         assert expected in problem
 
+    def test_notifiers_with_filters_and_templates_load(self, tmp_path):
+        path = write(
+            tmp_path,
+            """\
+            [[notifier]]
+            name = "platform"
+            urls = ["json://127.0.0.1/hook"]
+            images = ["ghcr.io/acme/*"]
+            title = "$image moved"
+            """,
+        )
+
+        (notifier,) = load(path, {}).notifier
+
+        assert (notifier.name, notifier.images, notifier.title) == (
+            "platform",
+            ["ghcr.io/acme/*"],
+            "$image moved",
+        )
+
+    @pytest.mark.parametrize(
+        ("table", "expected"),
+        [
+            pytest.param(
+                'name = "x"\nbody = "${digest}"',
+                "unknown field ${digest}; the fields are image,",
+                id="unknown-field",
+            ),
+            pytest.param(
+                'name = "x"\nbody = "costs $5"',
+                "a '$' starts no field; write $$",
+                id="stray-dollar",
+            ),
+            pytest.param(
+                'name = "Team A"', "expected 1 to 32 lowercase letters", id="bad-name"
+            ),
+            pytest.param(
+                'name = "default"', "other than 'default'", id="reserved-name"
+            ),
+        ],
+    )
+    def test_bad_notifier_says_what_is_expected(self, tmp_path, table, expected):
+        (problem,) = problems_of(write(tmp_path, f"[[notifier]]\n{table}\n"))
+
+        assert expected in problem
+
+    def test_notifier_names_must_differ(self, tmp_path):
+        text = '[[notifier]]\nname = "a"\n[[notifier]]\nname = "a"\n'
+
+        (problem,) = problems_of(write(tmp_path, text))
+
+        assert "notifier 'a' is defined twice" in problem
+
     def test_example_configuration_is_valid(self):
         settings = load("config.example.toml", {})
 

@@ -9,8 +9,9 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from tests.helpers import load_settings
+from watcher.config import NotifySettings
 from watcher.metrics import Metrics
-from watcher.notify import MessageBuilder, targets_from
+from watcher.notify import MessageBuilder, routes_from
 from watcher.reference import Digest, Reference
 from watcher.service import Service
 
@@ -38,7 +39,7 @@ def clock():
 
 
 def record_change(service, urls, clock):
-    builder = MessageBuilder(targets_from(urls))
+    builder = MessageBuilder(routes_from(NotifySettings(urls=urls), []))
     store = service.store.sync
     store.record_digest(
         IMAGE, OLD, "application/vnd.oci.image.index.v1+json", clock(), builder

@@ -19,9 +19,10 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from watcher import __version__, config, logs
-from watcher.check import CheckResult
+from watcher.check import CheckResult, utc_now
 from watcher.errors import ConfigError, InvalidReference, WatcherError
-from watcher.notify import check_urls
+from watcher.notify import AppriseNotifier, check_urls, routes_from, send_test_messages
+from watcher.outbox import DeliveryReport
 from watcher.reference import Platform, Reference, watch_name
 from watcher.registry import RegistryClient
 from watcher.service import Service, stop_on_signals
@@ -218,6 +219,90 @@ def tags(
         print(json.dumps(found, indent=2))
     else:
         print("\n".join(found))
+
+
+notify_app = typer.Typer(
+    help="Test notifiers and resend failed notifications.", no_args_is_help=True
+)
+app.add_typer(notify_app, name="notify")
+
+
+@notify_app.command("test")
+def notify_test(
+    config_path: ConfigOption = DEFAULT_CONFIG,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Only this notifier (its name).")
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Send a test message through each notifier and report each outcome.
+
+    Example: watcher notify test --config watcher.toml --to platform-team
+    """
+    with _errors(debug):
+        settings = _load(config_path, debug, need_secrets=False)
+        routes = [
+            r for r in routes_from(settings.notify, settings.notifier) if r.targets
+        ]
+        if to is not None:
+            routes = [route for route in routes if route.name == to]
+            if not routes:
+                names = ", ".join(
+                    r.name for r in routes_from(settings.notify, settings.notifier)
+                )
+                _fail(
+                    f"no notifier named {to!r} has URLs; the notifiers are: {names}",
+                    EXIT_USAGE,
+                )
+        if not routes:
+            _fail(
+                "no notifier has URLs; add urls to [notify] or a [[notifier]]",
+                EXIT_USAGE,
+            )
+        outcomes = asyncio.run(send_test_messages(routes, AppriseNotifier()))
+
+    _print_table(
+        ["NOTIFIER", "TARGET", "RESULT", "ERROR"],
+        [
+            [
+                o.notifier,
+                o.target,
+                "sent" if o.error is None else "failed",
+                o.error or "",
+            ]
+            for o in outcomes
+        ],
+    )
+    if any(outcome.error for outcome in outcomes):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@notify_app.command("retry")
+def notify_retry(
+    config_path: ConfigOption = DEFAULT_CONFIG, debug: DebugOption = False
+) -> None:
+    """Make failed notifications pending again and try to deliver them now.
+
+    Example: watcher notify retry --config watcher.toml
+    """
+    with _errors(debug):
+        settings = _load(config_path, debug)
+        report = asyncio.run(_retry_failed(settings))
+
+    retried, delivery = report
+    print(
+        f"{retried} failed notification(s) made pending again; "
+        f"{delivery.sent} sent, {delivery.retrying} to retry, {delivery.failed} failed"
+    )
+    if delivery.retrying or delivery.failed:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+async def _retry_failed(settings: config.Settings) -> tuple[int, DeliveryReport]:
+    async with Service(settings) as service:
+        now = utc_now()
+        retried = await service.store.call(service.store.sync.retry_failed, now)
+        return retried, await service.courier.deliver_due()
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import string
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -33,6 +35,8 @@ from watcher.errors import ConfigError, InvalidReference
 from watcher.reference import DOCKER_HUB, Platform, Reference, watch_name
 
 DEFAULT_DATABASE_URL = "sqlite:///watcher.db"
+#: The name of the ``[notify]`` notifier, in messages and ``watcher notify test``.
+DEFAULT_NOTIFIER = "default"
 DEFAULT_CHECK_INTERVAL_SECONDS = 6 * 3600
 DEFAULT_LISTEN = "0.0.0.0:9877"
 DEFAULT_CONCURRENCY = 64
@@ -238,10 +242,54 @@ class WatchSettings(_Model):
         return value.with_tag(value.tag)
 
 
-class NotifySettings(_Model):
-    """Where changes are announced: Apprise URLs, which often embed secrets."""
+#: The fields a message template may use, as ``${name}``.
+TEMPLATE_FIELDS = (
+    "image",
+    "registry",
+    "repository",
+    "tag",
+    "platform",
+    "old_digest",
+    "new_digest",
+    "old_short",
+    "new_short",
+    "media_type",
+    "platforms",
+    "time",
+    "link",
+)
+_NOTIFIER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def _check_template(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        names = string.Template(value).get_identifiers()
+    except ValueError as exc:
+        msg = f"not a template: {exc}; write fields as ${{image}}, and $$ for a dollar"
+        raise ValueError(msg) from exc
+    if not string.Template(value).is_valid():
+        msg = "not a template: a '$' starts no field; write $$ for a dollar sign"
+        raise ValueError(msg)
+    unknown = sorted(set(names) - set(TEMPLATE_FIELDS))
+    if unknown:
+        msg = f"unknown field ${{{unknown[0]}}}; the fields are " + ", ".join(
+            TEMPLATE_FIELDS
+        )
+        raise ValueError(msg)
+    return value
+
+
+Template = Annotated[str | None, AfterValidator(_check_template)]
+
+
+class _NotifierFields(_Model):
+    """What every notifier has: where to send, and how the message reads."""
 
     urls: list[SecretStr] = Field(default_factory=list)
+    title: Template = None
+    body: Template = None
 
     @field_validator("urls")
     @classmethod
@@ -252,6 +300,34 @@ class NotifySettings(_Model):
                     "expected an Apprise URL such as 'json://host/path' (scheme://...)"
                 )
                 raise ValueError(msg)
+        return value
+
+
+class NotifySettings(_NotifierFields):
+    """The default notifier, ``[notify]``: every change goes to its URLs."""
+
+
+class NotifierSettings(_NotifierFields):
+    """A ``[[notifier]]``: its URLs get the changes its filters let through.
+
+    Each filter is a list of glob patterns (``ghcr.io/org/*``); a change passes
+    when every filter given has a pattern that matches it.
+    """
+
+    name: str
+    images: list[str] | None = None
+    registries: list[str] | None = None
+    tags: list[str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_short(cls, value: str) -> str:
+        if not _NOTIFIER_NAME.fullmatch(value) or value == DEFAULT_NOTIFIER:
+            msg = (
+                f"expected 1 to 32 lowercase letters, digits, '-' or '_' other than "
+                f"{DEFAULT_NOTIFIER!r}, got {value!r}"
+            )
+            raise ValueError(msg)
         return value
 
 
@@ -278,6 +354,19 @@ class Settings(_Model):
     registries: dict[str, RegistrySettings] = Field(default_factory=dict)
     watch: list[WatchSettings] = Field(default_factory=list)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    notifier: list[NotifierSettings] = Field(default_factory=list)
+
+    @field_validator("notifier")
+    @classmethod
+    def _notifier_names_differ(
+        cls, value: list[NotifierSettings]
+    ) -> list[NotifierSettings]:
+        names = [notifier.name for notifier in value]
+        for name in names:
+            if names.count(name) > 1:
+                msg = f"notifier {name!r} is defined twice; give each its own name"
+                raise ValueError(msg)
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -328,6 +417,11 @@ class Settings(_Model):
     def secrets(self) -> list[str]:
         """Every secret value in the settings, for the log redactor."""
         found = [url.get_secret_value() for url in self.notify.urls]
+        found += [
+            url.get_secret_value()
+            for notifier in self.notifier
+            for url in notifier.urls
+        ]
         found += [
             registry.password.get_secret_value()
             for registry in self.registries.values()
@@ -404,8 +498,9 @@ def load(
             passwords[registry_name(key[1])] = SecretStr(secret)
 
     if check_urls is not None:
-        for index, problem in check_urls(_raw_urls(data)):
-            problems.append(f"{locator.where(('notify', 'urls'))}[{index}]: {problem}")
+        for key, urls in _raw_urls(data):
+            for index, problem in check_urls(urls):
+                problems.append(f"{locator.where(key)}[{index}]: {problem}")
     if settings is not None:
         problems += _duplicate_watches(settings, locator)
 
@@ -439,13 +534,22 @@ def _raw_registries(
     ]
 
 
-def _raw_urls(data: Mapping[str, Any]) -> list[SecretStr]:
-    """The notification URLs as written, even when the file did not validate."""
-    notify = data.get("notify")
-    urls = notify.get("urls") if isinstance(notify, dict) else None
-    if not isinstance(urls, list):
-        return []
-    return [SecretStr(url) for url in urls if isinstance(url, str) and "://" in url]
+def _raw_urls(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], list[SecretStr]]]:
+    """The notification URLs as written, by key, even when the file did not validate."""
+    tables: list[tuple[tuple[Any, ...], Any]] = [(("notify",), data.get("notify"))]
+    notifiers = data.get("notifier")
+    if isinstance(notifiers, list):
+        tables += [
+            (("notifier", index), table) for index, table in enumerate(notifiers)
+        ]
+
+    found = []
+    for key, table in tables:
+        urls = table.get("urls") if isinstance(table, dict) else None
+        if isinstance(urls, list):
+            written = [url for url in urls if isinstance(url, str) and "://" in url]
+            found.append(((*key, "urls"), [SecretStr(url) for url in written]))
+    return found
 
 
 def _with_secrets(

@@ -21,7 +21,13 @@ from watcher.check import Checker, CheckResult, Clock, utc_now
 from watcher.config import Settings, parse_listen
 from watcher.logs import get_logger
 from watcher.metrics import Metrics, MetricsServer
-from watcher.notify import AppriseNotifier, MessageBuilder, Notifier, targets_from
+from watcher.notify import (
+    AppriseNotifier,
+    MessageBuilder,
+    Notifier,
+    routes_from,
+    targets_of,
+)
 from watcher.outbox import Courier
 from watcher.registry import RegistryClient, Transport
 from watcher.store import AsyncStore, open_store
@@ -53,7 +59,8 @@ class Service:
             transport=transport,
             docker_config=settings.docker_config,
         )
-        targets = targets_from(settings.notify.urls)
+        self.routes = routes_from(settings.notify, settings.notifier)
+        targets = targets_of(self.routes)
         self._delivery_wanted = asyncio.Event()
         self._running: set[asyncio.Task[Any]] = set()
         self.courier = Courier(
@@ -69,7 +76,7 @@ class Service:
             resolver=self.client,
             store=self.store,
             metrics=self.metrics,
-            messages_for=MessageBuilder(targets),
+            messages_for=MessageBuilder(self.routes),
             concurrency=settings.concurrency,
             notify_first_seen=settings.notify_on_first_seen,
             on_change=self._delivery_wanted.set,

@@ -389,6 +389,16 @@ class Store:
                 claimed.append(message)
         return claimed
 
+    def retry_failed(self, now: datetime) -> int:
+        """Make every failed notification pending again, due now; returns how many."""
+        with self._transaction() as session:
+            statement = (
+                update(NotificationRow)
+                .where(col(NotificationRow.status) == "failed")
+                .values(status="pending", next_attempt_at=now, claimed_until=None)
+            )
+            return int(session.execute(statement).rowcount)  # type: ignore[attr-defined]  # CursorResult
+
     def count_pending(self) -> int:
         """How many notifications are owed and not yet delivered."""
         with self._transaction() as session:
