@@ -164,6 +164,9 @@ class RegistrySettings(_Model):
     concurrency: int = Field(default=DEFAULT_REGISTRY_CONCURRENCY, ge=1, le=1000)
     timeout: Duration = DEFAULT_HTTP_TIMEOUT_SECONDS
     retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=10)
+    #: Pulls to leave for the user's own `docker pull`s: at or below this many
+    #: left, watcher makes no manifest GET until the rate-limit window passes.
+    reserve: int = Field(default=0, ge=0)
     #: A PEM bundle of the CAs that sign this registry's certificate.
     ca_file: Path | None = None
     #: Skip TLS certificate verification: only for a registry you trust by network.

@@ -13,6 +13,7 @@ This module imports nothing else from watcher, so any module may import it.
         ├── NotFound             404: no such repository or tag
         ├── RateLimited          429: the registry's pull budget is spent
         ├── RegistryUnavailable  connection, DNS, TLS, timeout or 5xx: try again later
+        ├── PullsReserved        a manifest GET held back to keep the pull reserve
         ├── ProtocolViolation    an answer the distribution spec does not allow
         └── UnsupportedManifest  a manifest type watcher refuses to record (schema1)
 
@@ -154,6 +155,13 @@ class RegistryUnavailable(RegistryError):
         self.retry_after = retry_after
 
 
+class PullsReserved(RegistryError):
+    """A manifest GET was not made: the registry's pull budget is at the reserve."""
+
+    reason = "budget"
+    transient = True
+
+
 class ProtocolViolation(RegistryError):
     """The registry answered in a way the distribution spec does not allow."""
 
@@ -179,6 +187,7 @@ ERROR_REASONS = (
     "server_error",
     "protocol",
     "unsupported",
+    "budget",
     "error",
     "store",
     "internal",

@@ -112,6 +112,12 @@ class Metrics:
             ["registry"],
             registry=r,
         )
+        self.pulls_deferred = Counter(
+            "watcher_registry_pulls_deferred_total",
+            "Manifest GETs held back because the pull budget was at the reserve.",
+            ["registry"],
+            registry=r,
+        )
         self.head_fallbacks = Counter(
             "watcher_registry_head_fallbacks_total",
             "Checks answered by GET because HEAD was refused or gave no digest.",
@@ -215,6 +221,10 @@ class Metrics:
     def manifest_fetched(self, registry: str) -> None:
         """Count a manifest GET, which may cost a pull."""
         self.manifest_gets.labels(registry).inc()
+
+    def pull_deferred(self, registry: str) -> None:
+        """Count a manifest GET held back to keep the reserve."""
+        self.pulls_deferred.labels(registry).inc()
 
     def head_fallback(self, registry: str, reason: str) -> None:
         """Count a check answered by GET; ``reason`` is ``no_digest``, ``405`` or ``404``."""

@@ -28,6 +28,7 @@ from watcher.errors import (
     AuthError,
     NotFound,
     ProtocolViolation,
+    PullsReserved,
     RateLimited,
     RegistryError,
     RegistryUnavailable,
@@ -46,6 +47,7 @@ from watcher.registry.auth import (
     pull_scope,
     scope_names,
 )
+from watcher.registry.budget import Budget
 from watcher.registry.credentials import FoundCredential, find_credential
 from watcher.registry.media_types import MANIFEST_ACCEPT, SCHEMA1_TYPES
 from watcher.registry.ratelimit import RateLimit, parse_rate_limit
@@ -141,6 +143,9 @@ class RequestObserver(Protocol):
 
     def rate_limit_seen(self, registry: str, rate_limit: RateLimit) -> None:
         """A manifest answer carried rate-limit headers."""
+
+    def pull_deferred(self, registry: str) -> None:
+        """A manifest GET was held back to keep the pull reserve."""
 
     def manifest_fetched(self, registry: str) -> None:
         """A manifest GET was sent; registries that meter pulls may count it."""
@@ -289,6 +294,7 @@ class RegistryClient:
         self._sleep = sleep
         self._registries: dict[str, _Registry] = {}
         self._closed = False
+        self._budget = Budget()
 
     async def __aenter__(self) -> Self:
         return self
@@ -356,8 +362,23 @@ class RegistryClient:
                 than the one asked for; and as ``head_manifest`` does.
         """
         registry = self._registry(reference, "GET", f"GET manifest {reference}")
+        self._spend_pull(registry, f"GET manifest {reference}")
         manifest, _ = await self._fetch(reference, registry)
         return manifest
+
+    def _spend_pull(self, registry: _Registry, what: str) -> None:
+        """Refuse a manifest GET while the registry's budget is at the reserve."""
+        reserve = registry.settings.reserve
+        if self._budget.allows_pull(registry.name, reserve):
+            return
+        if self._observer is not None:
+            self._observer.pull_deferred(registry.name)
+        msg = (
+            f"{what}: not sent, the pull budget is at the reserve of {reserve} "
+            f"kept for your own pulls; it is tried again once the window allows "
+            f'(lower reserve in [registries."{registry.name}"] to spend more)'
+        )
+        raise PullsReserved(msg, method="GET", url=registry.base_url)
 
     async def list_tags(
         self, reference: Reference, *, page_size: int | None = None
@@ -465,6 +486,7 @@ class RegistryClient:
     async def _head_by_get(
         self, reference: Reference, registry: _Registry, reason: str
     ) -> HeadResult:
+        self._spend_pull(registry, f"GET manifest {reference} (HEAD gave no digest)")
         manifest, rate_limit = await self._fetch(reference, registry)
         self._skip_head(registry, reason)
         if self._observer is not None:
@@ -668,8 +690,10 @@ class RegistryClient:
 
         answer = await self._exchange(call, headers)
         rate_limit = parse_rate_limit(answer.headers)
-        if call.kind == "manifest" and rate_limit is not None and self._observer:
-            self._observer.rate_limit_seen(call.registry.name, rate_limit)
+        if call.kind == "manifest" and rate_limit is not None:
+            self._budget.record(call.registry.name, rate_limit)
+            if self._observer is not None:
+                self._observer.rate_limit_seen(call.registry.name, rate_limit)
 
         return answer
 
