@@ -1,4 +1,7 @@
-"""The outbox: what a change owes is delivered once, retried, or failed visibly."""
+"""The outbox: what a change owes is delivered once, retried, or failed visibly.
+
+Every test runs on SQLite and on PostgreSQL (the ``database_url`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -53,8 +56,12 @@ def sample(metrics, name, **labels):
     return metrics.registry.get_sample_value(name, labels) or 0
 
 
-async def test_receiver_failing_twice_gets_the_message_once(tmp_path, receiver, clock):
-    settings = load_settings(tmp_path, watches=[], notify=[receiver.apprise_url()])
+async def test_receiver_failing_twice_gets_the_message_once(
+    tmp_path, receiver, clock, database_url
+):
+    settings = load_settings(
+        tmp_path, watches=[], notify=[receiver.apprise_url()], database_url=database_url
+    )
     metrics = Metrics(CollectorRegistry())
     receiver.fail_next(2)
 
@@ -81,8 +88,10 @@ async def test_receiver_failing_twice_gets_the_message_once(tmp_path, receiver, 
     assert sample(metrics, "watcher_notifications_pending") == 0
 
 
-async def test_retry_waits_for_its_backoff(tmp_path, receiver, clock):
-    settings = load_settings(tmp_path, watches=[], notify=[receiver.apprise_url()])
+async def test_retry_waits_for_its_backoff(tmp_path, receiver, clock, database_url):
+    settings = load_settings(
+        tmp_path, watches=[], notify=[receiver.apprise_url()], database_url=database_url
+    )
     receiver.fail_next(1)
 
     async with Service(settings, clock=clock) as service:
@@ -98,9 +107,11 @@ async def test_retry_waits_for_its_backoff(tmp_path, receiver, clock):
 
 
 async def test_receiver_down_past_the_retry_age_marks_the_message_failed(
-    tmp_path, receiver, clock
+    tmp_path, receiver, clock, database_url
 ):
-    settings = load_settings(tmp_path, watches=[], notify=[receiver.apprise_url()])
+    settings = load_settings(
+        tmp_path, watches=[], notify=[receiver.apprise_url()], database_url=database_url
+    )
     metrics = Metrics(CollectorRegistry())
     receiver.fail_next(1000)
 
@@ -128,16 +139,22 @@ async def test_receiver_down_past_the_retry_age_marks_the_message_failed(
 
 
 async def test_message_for_a_removed_target_fails_with_the_reason(
-    tmp_path, receiver, clock
+    tmp_path, receiver, clock, database_url
 ):
     old_settings = load_settings(
-        tmp_path, watches=[], notify=[receiver.apprise_url("/old")]
+        tmp_path,
+        watches=[],
+        notify=[receiver.apprise_url("/old")],
+        database_url=database_url,
     )
     async with Service(old_settings, clock=clock) as service:
         record_change(service, old_settings.notify.urls, clock)
 
     settings = load_settings(
-        tmp_path, watches=[], notify=[receiver.apprise_url("/new")]
+        tmp_path,
+        watches=[],
+        notify=[receiver.apprise_url("/new")],
+        database_url=database_url,
     )
     with capture_logs() as logs:
         async with Service(settings, clock=clock) as service:
@@ -150,12 +167,14 @@ async def test_message_for_a_removed_target_fails_with_the_reason(
 
 
 async def test_two_deliverers_on_one_database_send_a_message_once(
-    tmp_path, receiver, clock
+    tmp_path, receiver, clock, database_url
 ):
     """Two processes (here two services with their own connections) share an outbox."""
     import asyncio
 
-    settings = load_settings(tmp_path, watches=[], notify=[receiver.apprise_url()])
+    settings = load_settings(
+        tmp_path, watches=[], notify=[receiver.apprise_url()], database_url=database_url
+    )
 
     async with (
         Service(settings, clock=clock) as first,

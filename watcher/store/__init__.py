@@ -1,7 +1,8 @@
 """History storage: the only package that touches SQLModel and SQLAlchemy.
 
 ``AsyncStore`` runs every call on one dedicated thread, so database writes are
-serialised (SQLite allows one writer) and never block the event loop.
+serialised (SQLite allows one writer) and never block the event loop. The
+schema is migrated with Alembic: ``upgrade`` and ``schema_state`` (``migrate.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import ParamSpec, TypeVar
 from watcher.store.db import Database
 from watcher.store.history import (
     Change,
+    CheckRecord,
     Current,
     ImageStatus,
     MessagesFor,
@@ -26,10 +28,12 @@ from watcher.store.history import (
     Recorded,
     Store,
 )
+from watcher.store.migrate import SchemaState, SchemaStatus, schema_state, upgrade
 
 __all__ = [
     "AsyncStore",
     "Change",
+    "CheckRecord",
     "Current",
     "Database",
     "ImageStatus",
@@ -40,8 +44,12 @@ __all__ = [
     "Period",
     "PlatformChange",
     "Recorded",
+    "SchemaState",
+    "SchemaStatus",
     "Store",
     "open_store",
+    "schema_state",
+    "upgrade",
 ]
 
 P = ParamSpec("P")
@@ -49,7 +57,12 @@ R = TypeVar("R")
 
 
 def open_store(url: str) -> Store:
-    """A ``Store`` on the database at ``url``, tables created."""
+    """A ``Store`` on the database at ``url``; an empty one gets the schema first.
+
+    Raises:
+        StoreError: the schema is behind (run ``watcher db upgrade``) or ahead of
+            this watcher, or the database cannot be opened.
+    """
     return Store(Database(url))
 
 

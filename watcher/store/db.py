@@ -1,79 +1,38 @@
-"""The database engine: SQLite by default (WAL, foreign keys on), any SQLAlchemy URL.
+"""The database: an engine on a schema at this watcher's revision.
 
-The only module that creates engines. Tables are created at start; schema
-migrations come with Alembic (issue #5).
+Opening an empty database creates the schema; one that is behind or ahead is
+refused with the command that fixes it (``migrate.py``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import Engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
-from sqlmodel import SQLModel, create_engine
-
 from watcher.errors import StoreError
-from watcher.store import models  # noqa: F401 - registers the tables
+from watcher.store import migrate
+from watcher.store.engine import engine_for, safe_url
 
 
 class Database:
-    """An engine with the tables created and SQLite tuned for one writer."""
+    """An engine whose database has the schema this watcher needs.
+
+    Raises:
+        StoreError: the URL or driver is wrong, the database is unreachable, or
+            its schema is behind (run ``watcher db upgrade``) or ahead.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = _engine(url)
+        self.engine = engine_for(url)
         try:
-            SQLModel.metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
+            migrate.require_current(self.engine, url)
+        except StoreError:
             self.engine.dispose()
-            msg = f"open database {self.safe_url}: {exc.__class__.__name__}: {exc.args[0] if exc.args else exc}"
-            raise StoreError(msg) from exc
+            raise
 
     @property
     def safe_url(self) -> str:
         """The URL with any password masked, for logs and errors."""
-        return make_url(self.url).render_as_string(hide_password=True)
+        return safe_url(self.url)
 
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
-
-
-def _engine(url: str) -> Engine:
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        msg = f"database_url {url!r} is not an SQLAlchemy URL such as sqlite:///watcher.db"
-        raise StoreError(msg) from exc
-
-    try:
-        if parsed.get_backend_name() != "sqlite":
-            return create_engine(parsed, pool_pre_ping=True)
-        # One writer thread and readers on other threads share the file; an
-        # in-memory database lives in one connection, so all must share that.
-        in_memory = parsed.database in (None, "", ":memory:")
-        engine = create_engine(
-            parsed,
-            connect_args={"check_same_thread": False},
-            poolclass=StaticPool if in_memory else None,
-        )
-    except NoSuchModuleError as exc:
-        msg = f"database_url {parsed.render_as_string()}: no driver for {parsed.drivername!r}; install it (for PostgreSQL: pip install 'watcher[postgres]')"
-        raise StoreError(msg) from exc
-    except ImportError as exc:
-        msg = f"database_url {parsed.render_as_string()}: driver missing ({exc.name}); install it (for PostgreSQL: pip install 'watcher[postgres]')"
-        raise StoreError(msg) from exc
-
-    event.listen(engine, "connect", _tune_sqlite)
-    return engine
-
-
-def _tune_sqlite(connection: Any, record: Any) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    # WAL lets `watcher history` read while `watcher run` writes.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
@@ -22,6 +22,7 @@ from watcher.manifests import PlatformManifest
 from watcher.reference import Digest, Platform, Reference, watch_name
 from watcher.store.db import Database
 from watcher.store.models import (
+    CheckRecordRow,
     DigestPeriodRow,
     ImageRow,
     ManifestRow,
@@ -135,6 +136,19 @@ class ImageStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckRecord:
+    """One check of a watch, as recorded; ``error_reason`` is set for errors only.
+
+    ``duration_ms`` is None when the caller did not time the check.
+    """
+
+    checked_at: datetime
+    outcome: Outcome
+    error_reason: str | None
+    duration_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class PendingNotification:
     """An outbox entry still to be delivered."""
 
@@ -179,6 +193,7 @@ class Store:
         source_digest: Digest | None = None,
         platforms: Sequence[PlatformManifest] | None = None,
         previous_platforms: Sequence[PlatformManifest] | None = None,
+        duration_ms: int | None = None,
     ) -> Recorded:
         """Record that a watch resolved to ``digest`` at ``at``.
 
@@ -194,6 +209,7 @@ class Store:
                 previous one's.
             previous_platforms: the platforms of the previous digest, read now
                 because its period never had them; stored with that period.
+            duration_ms: how long the check took, kept in its check record.
         """
         observed = _Observed(
             reference,
@@ -204,6 +220,7 @@ class Store:
             source_digest,
             platforms,
             previous_platforms,
+            duration_ms,
         )
         for attempt in range(_RECORD_ATTEMPTS):
             try:
@@ -228,7 +245,9 @@ class Store:
             if current is not None and current.digest == str(seen.digest):
                 current.last_seen = seen.at
                 image.last_outcome = Outcome.UNCHANGED
-                session.add_all([current, image])
+                session.add_all(
+                    [current, image, _check_row(image, seen, Outcome.UNCHANGED)]
+                )
                 return Recorded(Outcome.UNCHANGED, seen.digest, None, 0)
 
             previous = Digest.parse(current.digest) if current else None
@@ -259,7 +278,7 @@ class Store:
             image.last_outcome = outcome
             if previous is not None:
                 image.last_change_at = seen.at
-            session.add(image)
+            session.add_all([image, _check_row(image, seen, outcome)])
             return Recorded(outcome, previous, change, len(owed))
 
     def current(
@@ -284,6 +303,31 @@ class Store:
             return Current(
                 Digest.parse(period.digest), period.media_type, source, platforms
             )
+
+    def add_platforms(
+        self,
+        reference: Reference,
+        digest: Digest,
+        platforms: Sequence[PlatformManifest],
+    ) -> bool:
+        """Give the open period of ``reference`` at ``digest`` platforms read late.
+
+        Returns False (and changes nothing) when the tag has moved on since, or
+        the period has its platforms already.
+        """
+        with self._transaction() as session:
+            statement = (
+                select(DigestPeriodRow)
+                .join(ImageRow, col(ImageRow.id) == col(DigestPeriodRow.image_id))
+                .where(ImageRow.reference == watch_name(reference))
+                .where(col(DigestPeriodRow.ended_at).is_(None))
+                .where(DigestPeriodRow.digest == str(digest))
+            )
+            period = session.exec(statement).first()
+            if period is None or _platforms(session, period.id):
+                return False
+            _save_platforms(session, period, platforms)
+            return True
 
     def manifest(self, digest: Digest) -> bytes | None:
         """The body of a manifest fetched before, by its digest, or None."""
@@ -316,15 +360,59 @@ class Store:
         reason: str,
         message: str,
         platform: Platform | None = None,
+        *,
+        duration_ms: int | None = None,
     ) -> None:
-        """Record that a check of a watch failed; its history is untouched."""
+        """Record that a check of a watch failed; its digest history is untouched.
+
+        ``reason`` (a short closed-set word) goes into the check record too;
+        ``message`` is kept only as the watch's latest error.
+        """
         with self._transaction() as session:
             image = _image_for_update(session, reference, platform, at)
+            assert image.id is not None  # noqa: S101 - flushed by _image_for_update
             image.last_check_at = at
             image.last_outcome = Outcome.ERROR
             image.last_error_reason = reason
             image.last_error = message[:2000]
-            session.add(image)
+            record = CheckRecordRow(
+                image_id=image.id,
+                checked_at=at,
+                outcome=Outcome.ERROR,
+                error_reason=reason,
+                duration_ms=duration_ms,
+            )
+            session.add_all([image, record])
+
+    def check_records(
+        self, reference: Reference, platform: Platform | None = None, limit: int = 100
+    ) -> list[CheckRecord]:
+        """The latest ``limit`` check records of a watch, newest first."""
+        with self._transaction() as session:
+            statement = (
+                select(CheckRecordRow)
+                .join(ImageRow, col(ImageRow.id) == col(CheckRecordRow.image_id))
+                .where(ImageRow.reference == watch_name(reference, platform))
+                .order_by(col(CheckRecordRow.checked_at).desc())
+                .order_by(col(CheckRecordRow.id).desc())
+                .limit(limit)
+            )
+            return [_check_record(row) for row in session.exec(statement)]
+
+    def prune_checks(self, before: datetime) -> int:
+        """Delete the check records of checks made before ``before``; return how many.
+
+        Only check records go: digest periods, platforms, manifests and the
+        outbox are never pruned here, whatever their age.
+        """
+        # SQLite compares the stored UTC text, so the cutoff must be UTC too.
+        cutoff = before.astimezone(UTC) if before.tzinfo else before
+        with self._transaction() as session:
+            statement = delete(CheckRecordRow).where(
+                col(CheckRecordRow.checked_at) < cutoff
+            )
+            result = session.execute(statement)
+            return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult
 
     def history(
         self, reference: Reference, platform: Platform | None = None
@@ -480,6 +568,7 @@ class _Observed:
     source_digest: Digest | None
     platforms: Sequence[PlatformManifest] | None
     previous_platforms: Sequence[PlatformManifest] | None
+    duration_ms: int | None
 
 
 def _image_for_update(
@@ -499,6 +588,16 @@ def _image_for_update(
         session.add(image)
         session.flush()
     return image
+
+
+def _check_row(image: ImageRow, seen: _Observed, outcome: Outcome) -> CheckRecordRow:
+    assert image.id is not None  # noqa: S101 - flushed by _image_for_update
+    return CheckRecordRow(
+        image_id=image.id,
+        checked_at=seen.at,
+        outcome=outcome,
+        duration_ms=seen.duration_ms,
+    )
 
 
 def _open_period(session: Session, image_id: int) -> DigestPeriodRow | None:
@@ -638,6 +737,14 @@ def _status(image: ImageRow, period: DigestPeriodRow | None) -> ImageStatus:
         last_error=image.last_error,
         last_error_reason=image.last_error_reason,
         last_change_at=_utc(image.last_change_at),
+    )
+
+
+def _check_record(row: CheckRecordRow) -> CheckRecord:
+    checked_at = _utc(row.checked_at)
+    assert checked_at is not None  # noqa: S101 - NOT NULL
+    return CheckRecord(
+        checked_at, Outcome(row.outcome), row.error_reason, row.duration_ms
     )
 
 

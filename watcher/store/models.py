@@ -1,7 +1,8 @@
 """SQLModel tables. Rows never leave ``watcher.store``: queries return dataclasses.
 
 Times are stored as UTC. SQLite keeps no zone, so ``history.py`` marks every
-time it reads as UTC again.
+time it reads as UTC again. A change here needs a migration in ``migrations/``
+that brings existing databases to the same schema; a test compares the two.
 """
 
 from __future__ import annotations
@@ -128,3 +129,25 @@ class ManifestRow(SQLModel, table=True):
     media_type: str = Field(max_length=255)
     body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     fetched_at: datetime = Field(sa_column=_utc_column(nullable=False))
+
+
+class CheckRecordRow(SQLModel, table=True):
+    """One check of a watch: when, what it found and how long it took.
+
+    Unlike digest periods these grow with every check; ``Store.prune_checks``
+    keeps them bounded.
+    """
+
+    __tablename__ = "check_record"
+    __table_args__ = (
+        Index("ix_check_record_image_id_checked_at", "image_id", "checked_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    image_id: int = Field(foreign_key="image.id")
+    checked_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
+    outcome: str = Field(max_length=16)
+    error_reason: str | None = Field(default=None, max_length=32)
+    duration_ms: int | None = None

@@ -1,0 +1,1 @@
+"""Migration scripts, one per schema revision, loaded by Alembic by file name."""
