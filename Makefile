@@ -33,10 +33,12 @@ python-venv:
 	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || $(call apt,python3-venv)
 
 # The integration tests start Debian's docker-registry (CNCF distribution), one of
-# them behind htpasswd basic auth (htpasswd comes with apache2-utils).
+# them behind htpasswd basic auth (htpasswd comes with apache2-utils), and a real
+# Prometheus; promtool checks the alert rules.
 test-services:
 	@command -v docker-registry >/dev/null 2>&1 && command -v htpasswd >/dev/null 2>&1 \
-	  || $(call apt,docker-registry apache2-utils)
+	  && command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
+	  || $(call apt,docker-registry apache2-utils prometheus)
 
 # $(call apt,PACKAGES): install Debian packages as root, or say how to.
 define apt
@@ -52,3 +54,22 @@ endef
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# `make bench`: issue #6's benchmark (bench/README.md); prints a table and writes
+# bench/RESULTS.md. Flags go in BENCH_ARGS, e.g. BENCH_ARGS="--tags 100 --profile".
+.PHONY: bench bench-services
+BENCH_ARGS ?=
+
+$(VENV)/.bench: pyproject.toml | python-venv
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@ $(VENV)/.run
+
+bench: $(VENV)/.bench bench-services
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The benchmark runs Debian's docker-registry and, for its baseline, curl.
+bench-services:
+	@command -v docker-registry >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 \
+	  || $(call apt,docker-registry curl)

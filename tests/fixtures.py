@@ -7,12 +7,13 @@ are shared by the session, so tests keep apart by pushing to their own
 
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.fakes.hub import HubDouble
-from tests.real import ports
+from tests.real import ports, prometheus
+from tests.real.mqtt import BrokerUnavailableError, MqttSubscriber
 from tests.real.receiver import Receiver
 from tests.real.registry import (
     BasicCredential,
@@ -20,6 +21,7 @@ from tests.real.registry import (
     ToolMissingError,
     start_registry,
 )
+from tests.real.smtp import SmtpServer
 from tests.real.token_server import BearerAuth, TokenRegistry, TokenServer
 
 _REPOSITORY_COMPONENT_MAX = 40
@@ -112,6 +114,59 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """Give a running SMTP server (aiosmtpd, no TLS) that accepts one user's AUTH.
+
+    `smtp_server.apprise_url()` is the `mailto://` target, password included;
+    `.messages` holds the mail accepted and `.fail_next(n)` refuses some.
+    """
+    with SmtpServer("watcher", f"smtp-pw-{secrets.token_hex(8)}") as running:
+        yield running
+
+
+@pytest.fixture
+def mqtt_subscriber(request: pytest.FixtureRequest) -> Iterator[MqttSubscriber]:
+    """Give a subscriber on the Mosquitto broker at 127.0.0.1:1883, on a fresh topic.
+
+    `mqtt_subscriber.apprise_url()` is the `mqtt://` target. Fails (not skips)
+    when no broker answers: CI runs one, so its absence is a broken environment.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
+    topic = f"watcher-tests/{slug[:_REPOSITORY_COMPONENT_MAX]}-{secrets.token_hex(4)}"
+    try:
+        subscriber = MqttSubscriber(topic)
+    except BrokerUnavailableError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+    with subscriber:
+        yield subscriber
+
+
+@pytest.fixture
 def free_port() -> int:
     """Give a TCP port on 127.0.0.1 that was free a moment ago."""
     return ports.free_port()
+
+
+@pytest.fixture
+def start_prometheus() -> Iterator[Callable[..., prometheus.PrometheusServer]]:
+    """Give `tests.real.prometheus.start_prometheus`; what it starts stops after the test.
+
+    Fails (not skips) when Debian's `prometheus` is missing: CI installs it.
+    """
+    started: list[prometheus.PrometheusServer] = []
+
+    def start(
+        config: str, files: dict[str, str] | None = None
+    ) -> prometheus.PrometheusServer:
+        try:
+            server = prometheus.start_prometheus(config, files)
+        except ToolMissingError as exc:
+            pytest.fail(f"{exc}; the Prometheus tests need it", pytrace=False)
+
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

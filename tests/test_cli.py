@@ -164,3 +164,84 @@ def test_tags_of_an_unknown_repository_exits_1(registry):
 
     assert result.exit_code == 1
     assert "no/such-repository" in result.stderr
+
+
+def test_ratelimit_reads_the_budget_without_spending_a_pull(tmp_path, registry, hub):
+    push_image(registry.url, "team/app", "1", "oci-manifest")
+    hub.behaviour.remaining = 42
+    path = write_config(
+        tmp_path,
+        watches=["team/app:1"],
+        registries={"docker.io": {"endpoint": hub.url}},
+    )
+
+    result = invoke("ratelimit", "docker.io", "--config", path, "--json")
+
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row == {
+        "registry": "docker.io",
+        "limit": hub.behaviour.limit,
+        "remaining": 42,
+        "window": hub.behaviour.window,
+        "source": hub.behaviour.source,
+        "error": None,
+    }
+    assert hub.counts["get_manifest"] == 0
+
+
+def test_ratelimit_says_when_a_registry_meters_nothing(
+    tmp_path, registry, repository_name
+):
+    push_image(registry.url, repository_name, "1", "oci-manifest")
+    path = write_config(tmp_path, watches=[f"{registry.host}/{repository_name}:1"])
+
+    result = invoke("ratelimit", "--config", path)
+
+    assert result.exit_code == 0, result.output
+    assert "no rate-limit headers: not metered" in result.stdout
+
+
+def test_ratelimit_of_an_unwatched_registry_asks_for_an_image(tmp_path):
+    path = write_config(tmp_path, watches=["alpine"])
+
+    result = invoke("ratelimit", "ghcr.io", "--config", path)
+
+    assert result.exit_code == 2
+    assert "no watched image on ghcr.io; name one to HEAD with --image" in result.stderr
+
+
+def test_check_on_a_terminal_shows_progress_then_the_table(
+    tmp_path, registry, repository_name
+):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    push_image(registry.url, repository_name, "1", "oci-manifest")
+    path = write_config(tmp_path, watches=[f"{registry.host}/{repository_name}:1"])
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "watcher", "check", "--config", str(path)],
+        stdout=follower,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200", "TERM": "xterm"},
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+
+    assert process.wait(timeout=60) == 0
+    text = output.decode(errors="replace")
+    assert "checking" in text
+    assert "IMAGE" in text
+    assert "first_seen" in text

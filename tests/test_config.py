@@ -324,6 +324,25 @@ class TestLoad:
         assert problem.startswith("line 1: ")
         assert expected in problem
 
+    def test_a_ca_file_that_is_no_pem_bundle_is_refused(self, tmp_path):
+        bogus = tmp_path / "ca.pem"
+        bogus.write_text("not a certificate\n")
+        path = write(tmp_path, f'[registries."r.example"]\nca_file = "{bogus}"\n')
+
+        (problem,) = problems_of(path)
+
+        assert problem == (
+            f'line 2: registries."r.example".ca_file: {bogus} holds no PEM certificate; '
+            "give a PEM CA bundle"
+        )
+
+    def test_jitter_can_be_turned_off(self, tmp_path):
+        settings = load(
+            write(tmp_path, 'jitter = "0s"\n[[watch]]\nimage = "alpine"\n'), {}
+        )
+
+        assert settings.jitter_of(settings.watch[0]) == 0
+
     def test_notifiers_with_filters_and_templates_load(self, tmp_path):
         path = write(
             tmp_path,

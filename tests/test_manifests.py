@@ -7,6 +7,7 @@ import json
 import pytest
 
 from watcher.manifests import is_index, platforms_of
+from watcher.reference import Platform
 
 AMD64 = "sha256:" + "1" * 64
 ARM = "sha256:" + "2" * 64
@@ -87,3 +88,35 @@ def test_index_media_types():
     assert is_index("application/vnd.docker.distribution.manifest.list.v2+json")
     assert not is_index(OCI_MANIFEST)
     assert not is_index(None)
+
+
+def test_a_platform_listed_twice_is_taken_once_the_first():
+    """Windows images list one windows/amd64 manifest per OS build."""
+    body = index(
+        entry(
+            AMD64,
+            {"os": "windows", "architecture": "amd64", "os.version": "10.0.17763"},
+        ),
+        entry(
+            ARM, {"os": "WINDOWS", "architecture": "amd64", "os.version": "10.0.20348"}
+        ),
+        entry(ATTESTATION, {"os": "linux", "architecture": "arm64"}),
+    )
+
+    found = [(str(e.platform), str(e.digest)) for e in platforms_of(body)]
+
+    assert found == [("linux/arm64", ATTESTATION), ("windows/amd64", AMD64)]
+
+
+@pytest.mark.parametrize(
+    ("written", "normal"),
+    [
+        pytest.param("linux/arm64/v8", "linux/arm64", id="arm64-v8-implied"),
+        pytest.param("linux/arm", "linux/arm/v7", id="arm-v7-implied"),
+        pytest.param("linux/arm/v6", "linux/arm/v6", id="arm-v6-kept"),
+        pytest.param("linux/x86_64", "linux/amd64", id="x86_64"),
+        pytest.param("Linux/AArch64", "linux/arm64", id="aarch64-any-case"),
+    ],
+)
+def test_platforms_are_normalised_as_docker_does(written, normal):
+    assert str(Platform.parse(written)) == normal

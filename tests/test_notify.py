@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from tests.helpers import load_settings, write_config
@@ -20,7 +21,7 @@ from watcher.store import Change, PlatformChange, open_store
 OLD = Digest.parse("sha256:" + "a" * 64)
 NEW = Digest.parse("sha256:" + "b" * 64)
 AT = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
-URL = "json://127.0.0.1:9/hook"
+URL = SecretStr("json://127.0.0.1:9/hook")
 
 
 def change(image="ghcr.io/acme/api:1.4", old=OLD, **kwargs):
@@ -53,6 +54,18 @@ class TestRender:
 
         assert f"linux/amd64: {OLD} -> {NEW}" in body
         assert f"linux/arm/v7: added, {NEW}" in body
+
+    def test_a_huge_index_makes_a_message_of_bounded_size(self):
+        platforms = tuple(
+            PlatformChange(Platform.parse(f"linux/arch{n}"), OLD, NEW)
+            for n in range(60)
+        )
+
+        _, body = render(change(platforms=platforms, platforms_known=True))
+
+        assert body.count(" -> ") == 20
+        assert "and 40 more (`watcher history` lists them all)" in body
+        assert len(body) < 4000
 
     def test_templates_use_named_fields(self):
         title, body = render(

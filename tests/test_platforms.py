@@ -157,3 +157,40 @@ async def test_platform_watch_of_a_single_manifest_says_to_remove_the_platform(
 
     assert (result.outcome, result.reason) == (Outcome.ERROR, "unsupported")
     assert 'remove platform = "linux/amd64"' in result.error
+
+
+async def test_reserve_holds_back_pulls_until_the_budget_allows(
+    tmp_path, registry, hub
+):
+    """At or below the reserve no manifest GET is made; the platforms come later."""
+    push_image(registry.url, "team/svc", "1", "oci-index", platforms=PLATFORMS)
+    image = Reference.parse("team/svc:1")
+    settings = load_settings(
+        tmp_path,
+        watches=["team/svc:1"],
+        registries={"docker.io": {"endpoint": hub.url, "reserve": 20}},
+    )
+    hub.behaviour.remaining = 15
+
+    async with Service(settings) as service:
+        await service.check_once()
+        moved_to = push_image(
+            registry.url, "team/svc", "1", "oci-index", platforms=PLATFORMS
+        )
+        (moved,) = await service.check_once()
+        gets_at_reserve = hub.counts["get_manifest"]
+        hub.behaviour.remaining = 100
+        (later,) = await service.check_once()
+        deferred = service.metrics.registry.get_sample_value(
+            "watcher_registry_pulls_deferred_total", {"registry": "docker.io"}
+        )
+        periods = service.store.sync.history(image)
+
+    assert moved.outcome is Outcome.CHANGED
+    assert gets_at_reserve == 0
+    assert deferred == 1
+    assert later.outcome is Outcome.UNCHANGED
+    assert hub.counts["get_manifest"] == 1
+    assert {str(e.platform): str(e.digest) for e in periods[-1].platforms} == (
+        moved_to.platform_digests
+    )

@@ -249,3 +249,42 @@ def add_tags(base_url, image, tags):
                 headers={"Content-Type": image.media_type},
             )
             put.raise_for_status()
+
+
+async def test_a_bug_in_one_check_is_recorded_and_the_others_go_on(
+    tmp_path, registry, repository_name
+):
+    push_image(registry.url, repository_name, "1", "docker-v2")
+    push_image(registry.url, repository_name, "2", "docker-v2")
+    images = [f"{registry.host}/{repository_name}:{tag}" for tag in ("1", "2")]
+    settings = load_settings(tmp_path, watches=images)
+    metrics = Metrics(CollectorRegistry())
+
+    async with Service(settings, metrics=metrics) as service:
+        real = service.client.head_manifest
+
+        async def broken_for_tag_1(reference):
+            if reference.tag == "1":
+                return object()  # no .descriptor: a bug, not a registry fault
+            return await real(reference)
+
+        service.checker._resolver.head_manifest = broken_for_tag_1  # type: ignore[method-assign]  # a planted bug
+        crashed, fine = await service.check_once()
+        (status,) = [
+            s for s in service.store.sync.statuses() if s.reference == images[0]
+        ]
+
+    assert (crashed.outcome, crashed.reason) == (Outcome.ERROR, "internal")
+    assert crashed.error is not None
+    assert "internal error AttributeError" in crashed.error
+    assert fine.outcome is Outcome.FIRST_SEEN
+    assert status.last_error_reason == "internal"
+    assert (
+        sample(
+            metrics,
+            "watcher_check_errors_total",
+            registry=registry.host,
+            reason="internal",
+        )
+        == 1
+    )

@@ -134,6 +134,11 @@ class Checker:
         # One lock per index digest: concurrent checks of tags that moved to the
         # same index fetch it once, and the others read it from the store.
         self._fetching: dict[Digest, asyncio.Lock] = {}
+        # Index digests whose platforms could not be read when the tag moved
+        # (pull budget at its reserve, registry down): retried on later checks.
+        self._unread: dict[str, Digest] = {}
+        #: When each watch was last checked, by name; the service counts overdue ones.
+        self.last_checked: dict[str, datetime] = {}
 
     async def check(
         self, reference: Reference, platform: Platform | None = None
@@ -149,7 +154,7 @@ class Checker:
             started = time.monotonic()
             with structlog.contextvars.bound_contextvars(reference=name):
                 try:
-                    result = await self._check(reference, platform)
+                    result = await self._isolated(reference, platform)
                 finally:
                     self._metrics.checks_in_flight.dec()
 
@@ -162,13 +167,44 @@ class Checker:
                     reason=result.reason,
                 )
                 self._log_result(result)
+                self.last_checked[name] = result.checked_at
         return result
 
+    async def _isolated(
+        self, reference: Reference, platform: Platform | None
+    ) -> CheckResult:
+        """The check, with a bug in it recorded for this watch alone.
+
+        Besides the scheduler's job wrapper, this is the one place that catches
+        every exception: `watcher check` runs no scheduler, and a bug met by one
+        watch must neither stop the pass nor go unrecorded.
+        """
+        try:
+            return await self._check(reference, platform)
+        except Exception as exc:
+            log.exception("check.crashed")
+            message = (
+                f"check {watch_name(reference, platform)}: internal error "
+                f"{type(exc).__name__}: {exc}; please report it"
+            )
+            return await self._record_failure(reference, platform, "internal", message)
+
     async def check_all(
-        self, watches: Iterable[tuple[Reference, Platform | None]]
+        self,
+        watches: Iterable[tuple[Reference, Platform | None]],
+        on_result: Callable[[CheckResult], None] = lambda result: None,
     ) -> list[CheckResult]:
-        """Check every watch concurrently; results come back in input order."""
-        checks = (self.check(reference, platform) for reference, platform in watches)
+        """Check every watch concurrently; results come back in input order.
+
+        ``on_result`` is called as each check ends, for progress displays.
+        """
+
+        async def check(reference: Reference, platform: Platform | None) -> CheckResult:
+            result = await self.check(reference, platform)
+            on_result(result)
+            return result
+
+        checks = (check(reference, platform) for reference, platform in watches)
         return list(await asyncio.gather(*checks))
 
     async def _check(
@@ -206,16 +242,33 @@ class Checker:
             )
 
         digest, media_type = descriptor.digest, descriptor.media_type
+        if current is not None and self._unread.get(str(reference)) == current.digest:
+            await self._read_late(reference, current.digest)
         # A first sight records the index digest alone: reading every index on
         # a cold start would cost a pull per tag on registries that meter pulls.
         if current is None or current.digest == digest or not is_index(media_type):
             return _Observation(digest, media_type)
 
         platforms = await self._platforms_or_none(reference, digest)
+        if platforms is None:
+            self._unread[str(reference)] = digest
+        else:
+            self._unread.pop(str(reference), None)
         previous: Sequence[PlatformManifest] | None = current.platforms
         if platforms is not None and not previous and is_index(current.media_type):
             previous = await self._platforms_or_none(reference, current.digest)
         return _Observation(digest, media_type, None, platforms, previous)
+
+    async def _read_late(self, reference: Reference, digest: Digest) -> None:
+        """Read the platforms a change could not read then, and add them to history."""
+        platforms = await self._platforms_or_none(reference, digest)
+        if platforms is None:
+            return
+        del self._unread[str(reference)]
+        await self._store.call(
+            self._store.sync.add_platforms, reference, digest, platforms
+        )
+        log.info("platforms.read_late", digest=str(digest), platforms=len(platforms))
 
     async def _observe_platform(
         self,

@@ -17,10 +17,17 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from watcher import __version__, config, logs
 from watcher.check import CheckResult, utc_now
-from watcher.errors import ConfigError, InvalidReference, WatcherError
+from watcher.errors import ConfigError, InvalidReference, RegistryError, WatcherError
 from watcher.notify import AppriseNotifier, check_urls, routes_from, send_test_messages
 from watcher.outbox import DeliveryReport
 from watcher.reference import Platform, Reference, watch_name
@@ -99,7 +106,8 @@ def check(
     """
     with _errors(debug):
         settings = _load(config_path, debug)
-        results = asyncio.run(_check_once(settings))
+        show_progress = not as_json and sys.stdout.isatty()
+        results = asyncio.run(_check_once(settings, show_progress))
 
     if as_json:
         print(json.dumps([result.to_json() for result in results], indent=2))
@@ -221,6 +229,97 @@ def tags(
         print("\n".join(found))
 
 
+@app.command()
+def ratelimit(
+    registry: Annotated[
+        str | None, typer.Argument(help="One registry, e.g. docker.io; all by default.")
+    ] = None,
+    config_path: ConfigOption = DEFAULT_CONFIG,
+    image: Annotated[
+        str | None, typer.Option(help="The image to HEAD; a watched one by default.")
+    ] = None,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show each registry's pull limit and what is left, for your credentials.
+
+    One HEAD per registry, which costs no pull. Example: watcher ratelimit docker.io
+    """
+    with _errors(debug):
+        settings = _load(config_path, debug)
+        probes = _probes(settings, registry, image)
+        readings = asyncio.run(_read_rate_limits(settings, probes))
+
+    rows = [_ratelimit_json(name, reading) for name, reading in readings]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(
+            ["REGISTRY", "LIMIT", "REMAINING", "WINDOW", "SOURCE"],
+            [[_cell(row[key]) for key in _RATELIMIT_KEYS] for row in rows],
+        )
+    if any(row["error"] for row in rows):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+_RATELIMIT_KEYS = ("registry", "limit", "remaining", "window", "source")
+#: Docker's documented repository for reading the Hub rate limit.
+HUB_RATELIMIT_PROBE = "ratelimitpreview/test:latest"
+
+
+def _probes(
+    settings: config.Settings, registry: str | None, image: str | None
+) -> list[Reference]:
+    if image is not None:
+        return [Reference.parse(image)]
+    probes: dict[str, Reference] = {}
+    for watch in settings.watch:
+        probes.setdefault(watch.image.registry, watch.image)
+    if registry is not None:
+        wanted = config.registry_name(registry)
+        if wanted not in probes and wanted == config.DOCKER_HUB:
+            probes[wanted] = Reference.parse(HUB_RATELIMIT_PROBE)
+        if wanted not in probes:
+            msg = f"no watched image on {wanted}; name one to HEAD with --image"
+            raise InvalidReference(registry, msg)
+        return [probes[wanted]]
+    return list(probes.values()) or [Reference.parse(HUB_RATELIMIT_PROBE)]
+
+
+async def _read_rate_limits(
+    settings: config.Settings, probes: list[Reference]
+) -> list[tuple[str, Any]]:
+    client = RegistryClient(settings.registry, docker_config=settings.docker_config)
+    readings: list[tuple[str, Any]] = []
+    async with client:
+        for probe in probes:
+            try:
+                readings.append((probe.registry, await client.head_manifest(probe)))
+            except RegistryError as exc:
+                readings.append((probe.registry, exc))
+    return readings
+
+
+def _ratelimit_json(registry: str, reading: Any) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(_RATELIMIT_KEYS) | {"registry": registry}
+    if isinstance(reading, RegistryError):
+        return row | {"error": str(reading)}
+    limit = reading.rate_limit
+    if limit is None:
+        return row | {"error": None, "source": "no rate-limit headers: not metered"}
+    return row | {
+        "limit": limit.limit,
+        "remaining": limit.remaining,
+        "window": limit.window_seconds,
+        "source": limit.source,
+        "error": None,
+    }
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 notify_app = typer.Typer(
     help="Test notifiers and resend failed notifications.", no_args_is_help=True
 )
@@ -311,17 +410,27 @@ def main() -> None:
 
 
 async def _run(settings: config.Settings) -> None:
-
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with Service(settings) as service:
         await service.run(stop)
 
 
-async def _check_once(settings: config.Settings) -> list[CheckResult]:
-
+async def _check_once(
+    settings: config.Settings, show_progress: bool = False
+) -> list[CheckResult]:
     async with Service(settings) as service:
-        return await service.check_once()
+        if not show_progress:
+            return await service.check_once()
+        with Progress(
+            TextColumn("checking"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=True,
+        ) as progress:
+            task = progress.add_task("checks", total=len(settings.watch))
+            return await service.check_once(lambda _: progress.advance(task))
 
 
 async def _list_tags(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 import string
 import sys
 import tomllib
@@ -85,6 +86,13 @@ def parse_duration(value: object) -> float:
         msg = f"expected a duration of at most 366d, got {value!r}"
         raise ValueError(msg)
     return seconds
+
+
+def parse_jitter(value: object) -> float:
+    """A duration, or zero (``"0s"``, ``0``) for checks exactly on their interval."""
+    if value in (0, "0", "0s"):
+        return 0.0
+    return parse_duration(value)
 
 
 def parse_interval(value: object) -> float:
@@ -203,6 +211,9 @@ class RegistrySettings(_Model):
 
     @model_validator(mode="after")
     def _password_needs_username(self) -> RegistrySettings:
+        if self.ca_file is not None and self.insecure:
+            msg = "ca_file and insecure = true contradict; keep ca_file to verify"
+            raise ValueError(msg)
         if self.password_env is not None and self.password_file is not None:
             msg = "set one of password_env and password_file, not both"
             raise ValueError(msg)
@@ -339,7 +350,7 @@ class Settings(_Model):
 
     database_url: str = DEFAULT_DATABASE_URL
     interval: Interval = DEFAULT_CHECK_INTERVAL_SECONDS
-    jitter: Duration | None = None
+    jitter: Annotated[float, BeforeValidator(parse_jitter)] | None = None
     listen: str = DEFAULT_LISTEN
     concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=10000)
     notify_on_first_seen: StrictBool = False
@@ -620,10 +631,16 @@ def _missing_files(
     raw: Mapping[str, Any], key: tuple[str, str], locator: _KeyLocator
 ) -> list[str]:
     ca_file = raw.get("ca_file")
-    if not isinstance(ca_file, str) or Path(ca_file).is_file():
+    if not isinstance(ca_file, str):
         return []
     where = locator.where((*key, "ca_file"))
-    return [f"{where}: {ca_file} does not exist; give the path of a PEM CA bundle"]
+    if not Path(ca_file).is_file():
+        return [f"{where}: {ca_file} does not exist; give the path of a PEM CA bundle"]
+    try:
+        ssl.create_default_context(cafile=ca_file)
+    except (ssl.SSLError, ValueError, OSError):
+        return [f"{where}: {ca_file} holds no PEM certificate; give a PEM CA bundle"]
+    return []
 
 
 def _duplicate_watches(settings: Settings, locator: _KeyLocator) -> list[str]:

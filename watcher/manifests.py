@@ -9,6 +9,7 @@ that array (platform ``unknown/unknown``, annotation
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from watcher.reference import Digest, Platform
@@ -52,7 +53,19 @@ def platforms_of(body: bytes) -> list[PlatformManifest]:
         raise ValueError(msg)  # noqa: TRY004 - a bad document, reported as a value
 
     found = [_entry(entry) for entry in entries if not _is_attestation(entry)]
-    return sorted(entry for entry in found if entry is not None)
+    return _first_per_platform(entry for entry in found if entry is not None)
+
+
+def _first_per_platform(entries: Iterable[PlatformManifest]) -> list[PlatformManifest]:
+    """One manifest per platform, the first listed, sorted by platform.
+
+    Windows images list one ``windows/amd64`` manifest per OS build, told apart
+    only by ``os.version``, which watcher does not track: the first is taken.
+    """
+    chosen: dict[Platform, PlatformManifest] = {}
+    for entry in entries:
+        chosen.setdefault(entry.platform, entry)
+    return [chosen[platform] for platform in sorted(chosen)]
 
 
 def _is_attestation(entry: object) -> bool:

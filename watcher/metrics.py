@@ -12,7 +12,7 @@ from __future__ import annotations
 import platform
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -168,6 +168,12 @@ class Metrics:
             ["image"],
             registry=r,
         )
+        self.image_interval = Gauge(
+            "watcher_image_check_interval_seconds",
+            "The configured time between two checks of the image.",
+            ["image"],
+            registry=r,
+        )
         self.image_check_failed = Gauge(
             "watcher_image_last_check_failed",
             "1 when the image's last check failed, else 0.",
@@ -191,6 +197,11 @@ class Metrics:
         )
         self.checks_in_flight = Gauge(
             "watcher_checks_in_flight", "Checks running right now.", registry=r
+        )
+        self.checks_overdue = Gauge(
+            "watcher_checks_overdue",
+            "Watches not checked for longer than their interval, jitter and a minute.",
+            registry=r,
         )
 
     def request_done(
@@ -234,12 +245,21 @@ class Metrics:
         """Count a retry; ``reason`` is an error reason such as ``server_error``."""
         self.retries.labels(registry, _bounded_reason(reason)).inc()
 
-    def watches_configured(self, images: Iterable[str]) -> None:
-        """Start each image's series at zero so dashboards see every watch at once."""
-        images = list(images)
-        self.watches.set(len(images))
-        for image in images:
+    def watches_configured(self, intervals: Mapping[str, float]) -> None:
+        """Start each image's series so dashboards and alerts see every watch at once.
+
+        ``intervals`` maps each image to the seconds between its checks.
+        """
+        self.watches.set(len(intervals))
+        for image, seconds in intervals.items():
             self.image_check_failed.labels(image).set(0)
+            self.image_interval.labels(image).set(seconds)
+
+    def notifiers_configured(self, schemes: Iterable[str]) -> None:
+        """Start the delivery counters at zero, so `increase()` sees a first failure."""
+        for scheme in set(schemes):
+            for outcome in ("sent", "retry", "failed"):
+                self.notifications.labels(scheme, outcome)
 
     def check_done(
         self,

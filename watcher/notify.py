@@ -216,11 +216,16 @@ def image_link(reference: Reference) -> str:
     return ""
 
 
+#: Past this many changed platforms a message names the count of the rest, so
+#: that an index of dozens of platforms still makes a message of bounded size.
+MAX_PLATFORM_LINES = 20
+
+
 def _platform_lines(change: Change) -> list[str]:
     if not change.platforms:
         return ["no platform's manifest changed (only the index itself)"]
     lines = ["platforms changed:"]
-    for entry in change.platforms:
+    for entry in change.platforms[:MAX_PLATFORM_LINES]:
         if entry.old_digest is None:
             lines.append(f"  {entry.platform}: added, {entry.new_digest}")
         elif entry.new_digest is None:
@@ -229,6 +234,9 @@ def _platform_lines(change: Change) -> list[str]:
             lines.append(
                 f"  {entry.platform}: {entry.old_digest} -> {entry.new_digest}"
             )
+    rest = len(change.platforms) - MAX_PLATFORM_LINES
+    if rest > 0:
+        lines.append(f"  and {rest} more (`watcher history` lists them all)")
     return lines
 
 

@@ -32,7 +32,7 @@ _DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
 _DIGEST = re.compile(r"(?P<algorithm>[a-z0-9]+(?:[.+_-][a-z0-9]+)*):(?P<hex>[a-f0-9]+)")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Digest:
     """A content address such as ``sha256:<64 hex>``; valid once built."""
 
@@ -71,6 +71,16 @@ class Digest:
 
 
 _PLATFORM_PART = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_ARCHITECTURE_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}
+
+
+def _normal_variant(architecture: str, variant: str | None) -> str | None:
+    """The variant as containerd normalises it: arm64's v8 is implied, arm's v7 too."""
+    if architecture == "arm64" and variant == "v8":
+        return None
+    if architecture == "arm" and variant is None:
+        return "v7"
+    return variant
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -83,14 +93,20 @@ class Platform:
 
     @classmethod
     def parse(cls, text: str) -> Platform:
-        """Parse ``os/arch[/variant]``, or raise ``ValueError`` saying what is wrong."""
+        """Parse ``os/arch[/variant]``, normalised as Docker does, or raise ``ValueError``.
+
+        ``linux/arm64/v8`` is ``linux/arm64``, ``linux/arm`` is ``linux/arm/v7``,
+        ``x86_64`` is ``amd64`` and ``aarch64`` is ``arm64``.
+        """
         parts = text.strip().lower().split("/")
         if not 2 <= len(parts) <= 3 or not all(
             _PLATFORM_PART.fullmatch(p) for p in parts
         ):
             msg = f"platform {text!r} is not of the form os/arch[/variant], e.g. 'linux/arm64'"
             raise ValueError(msg)
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+        architecture = _ARCHITECTURE_ALIASES.get(parts[1], parts[1])
+        variant = parts[2] if len(parts) == 3 else None
+        return cls(parts[0], architecture, _normal_variant(architecture, variant))
 
     def __str__(self) -> str:
         text = f"{self.os}/{self.architecture}"

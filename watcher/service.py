@@ -36,6 +36,10 @@ log = get_logger("watcher.service")
 
 #: How long a stopping service lets running checks finish before cancelling them.
 STOP_GRACE_SECONDS = 5.0
+OVERDUE_JOB_ID = "overdue"
+OVERDUE_EVERY_SECONDS = 30.0
+#: A check later than its interval and jitter by more than this is overdue.
+OVERDUE_GRACE_SECONDS = 60.0
 
 
 class Service:
@@ -63,6 +67,8 @@ class Service:
         targets = targets_of(self.routes)
         self._delivery_wanted = asyncio.Event()
         self._running: set[asyncio.Task[Any]] = set()
+        self._clock = clock
+        self._started_at = clock()
         self.courier = Courier(
             store=self.store,
             notifier=notifier or AppriseNotifier(),
@@ -96,12 +102,14 @@ class Service:
         await self.client.aclose()
         self.store.close()
 
-    async def check_once(self) -> list[CheckResult]:
+    async def check_once(
+        self, on_result: Callable[[CheckResult], None] = lambda result: None
+    ) -> list[CheckResult]:
         """Check every watch once, then deliver what the changes owe."""
         if not self.settings.watch:
             log.warning("config.no_watches", hint="add [[watch]] entries to check tags")
         watches = [(watch.image, watch.platform) for watch in self.settings.watch]
-        results = await self.checker.check_all(watches)
+        results = await self.checker.check_all(watches, on_result)
         await self.courier.deliver_due()
         return results
 
@@ -152,6 +160,14 @@ class Service:
         ]
         jobs.append(
             scheduler.Job(
+                id=OVERDUE_JOB_ID,
+                seconds=OVERDUE_EVERY_SECONDS,
+                jitter=0,
+                run=self._count_overdue,
+            )
+        )
+        jobs.append(
+            scheduler.Job(
                 id=scheduler.OUTBOX_JOB_ID,
                 seconds=self.settings.notify_retry,
                 jitter=0,
@@ -159,6 +175,18 @@ class Service:
             )
         )
         return jobs
+
+    async def _count_overdue(self) -> int:
+        """Set the overdue gauge: watches whose check is late by more than a minute."""
+        now = self._clock()
+        overdue = 0
+        for watch in self.settings.watch:
+            last = self.checker.last_checked.get(watch.name, self._started_at)
+            allowed = self.settings.interval_of(watch) + self.settings.jitter_of(watch)
+            if (now - last).total_seconds() > allowed + OVERDUE_GRACE_SECONDS:
+                overdue += 1
+        self.metrics.checks_overdue.set(overdue)
+        return overdue
 
     async def _tracked(
         self, function: Callable[..., Awaitable[object]], *args: object
@@ -180,8 +208,12 @@ class Service:
             await scheduler.guarded("outbox-on-change", self.courier.deliver_due)
 
     def _seed_metrics(self) -> None:
-        watched = {watch.name for watch in self.settings.watch}
-        self.metrics.watches_configured(sorted(watched))
+        watched = {
+            watch.name: self.settings.interval_of(watch)
+            for watch in self.settings.watch
+        }
+        self.metrics.watches_configured(watched)
+        self.metrics.notifiers_configured(t.scheme for t in targets_of(self.routes))
         for status in self.store.sync.statuses():
             if status.reference in watched:
                 self.metrics.restore_image(

@@ -386,6 +386,7 @@ class RecordingObserver:
     tokens: list[tuple[str, bool]] = field(default_factory=list)
     rate_limits: list[tuple[str, RateLimit]] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     retries: list[tuple[str, str]] = field(default_factory=list)
 
@@ -403,6 +404,9 @@ class RecordingObserver:
 
     def manifest_fetched(self, registry: str) -> None:
         self.fetched.append(registry)
+
+    def pull_deferred(self, registry: str) -> None:
+        self.deferred.append(registry)
 
     def head_fallback(self, registry: str, reason: str) -> None:
         self.fallbacks.append((registry, reason))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -1094,3 +1095,57 @@ class TestLogsAndSecrets:
             assert "planted-query" not in text
             assert "Bearer " not in text
             assert "Basic " not in text
+
+
+class TestMixedRepositories:
+    """One registry, one repository behind Basic or another scheme, one public."""
+
+    @pytest.mark.parametrize("scheme", ["Basic", "Negotiate"])
+    async def test_a_protected_repository_does_not_fail_the_public_ones(
+        self, scheme: str
+    ) -> None:
+        body = b'{"schemaVersion": 2}'
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            if "/private/" in request.url.path:
+                headers = {"WWW-Authenticate": f'{scheme} realm="r"'}
+                return httpx.Response(401, headers=headers)
+            headers = {
+                "Docker-Content-Digest": digest,
+                "Content-Type": "application/vnd.oci.image.manifest.v1+json",
+            }
+            return httpx.Response(200, headers=headers)
+
+        settings = RegistrySettings(endpoint="https://mixed.example")
+        client = RegistryClient(
+            lambda name: settings, transport=httpx.MockTransport(handler)
+        )
+        async with client:
+            with pytest.raises(AuthError):
+                await client.head_manifest(Reference.parse("mixed.example/private/x:1"))
+            found = [
+                await client.head_manifest(Reference.parse("mixed.example/public/y:1"))
+                for _ in range(2)
+            ]
+
+        assert [str(result.descriptor.digest) for result in found] == [digest, digest]
+
+
+async def test_an_html_answer_is_never_recorded_as_a_manifest() -> None:
+    """A proxy's login page answering 200 must not become the tag's digest."""
+    digest = "sha256:" + "c" * 64
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"Docker-Content-Digest": digest, "Content-Type": "text/html"}
+        return httpx.Response(200, headers=headers)
+
+    settings = RegistrySettings(endpoint="https://proxied.example")
+    client = RegistryClient(
+        lambda name: settings, transport=httpx.MockTransport(handler)
+    )
+    async with client:
+        with pytest.raises(ProtocolViolation) as caught:
+            await client.head_manifest(Reference.parse("proxied.example/app:1"))
+
+    assert "the answer is text/html, not a manifest" in str(caught.value)

@@ -422,6 +422,23 @@ class TestHelpers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
+    async def test_hung_helper_script_is_stopped_with_its_children(
+        self,
+        docker_config: Callable[..., Path],
+        install_helper: InstallHelper,
+        tmp_path: Path,
+    ) -> None:
+        """A shell helper whose child holds the pipes open: pass, gcloud wrappers."""
+        install_helper("wrapper", f'sleep 30 &\necho $! > "{tmp_path}/pid"\nwait')
+        path = docker_config({"credsStore": "wrapper"})
+        started = time.monotonic()
+
+        found = await find_credential("ghcr.io", None, path, helper_timeout=0.5)
+
+        assert time.monotonic() - started < 5
+        assert found.source == "anonymous"
+        assert not running(int((tmp_path / "pid").read_text()))
+
     async def test_helper_identity_token_is_not_supported(
         self, docker_config: Callable[..., Path], install_helper: InstallHelper
     ) -> None:
@@ -637,3 +654,12 @@ class TestRealmHosts:
             await client.head_manifest(Reference.parse("ghcr.io/acme/api:stable"))
 
         assert fake.token_requests[0].url.port == 8443
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs; an orphan killed but not yet reaped (a zombie) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

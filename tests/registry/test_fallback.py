@@ -382,3 +382,19 @@ class TestGetManifest:
         async with client_for(fake) as client:
             with pytest.raises(RegistryError, match="larger than 4 MiB"):
                 await client.get_manifest(API)
+
+
+async def test_a_confirmed_404_is_believed_from_then_on() -> None:
+    """Once a GET agreed with a HEAD's 404, missing tags cost no GET per check."""
+    fake = FakeRegistry()
+    fake.add("acme/api:stable")
+
+    async with client_for(fake) as client:
+        for tag in ("gone", "gone", "also-gone"):
+            with pytest.raises(NotFound):
+                await client.head_manifest(Reference.parse(f"ghcr.io/acme/api:{tag}"))
+
+    gets = [
+        r for r in fake.requests if r.method == "GET" and "/manifests/" in r.url.path
+    ]
+    assert len(gets) == 1

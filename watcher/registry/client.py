@@ -49,7 +49,11 @@ from watcher.registry.auth import (
 )
 from watcher.registry.budget import Budget
 from watcher.registry.credentials import FoundCredential, find_credential
-from watcher.registry.media_types import MANIFEST_ACCEPT, SCHEMA1_TYPES
+from watcher.registry.media_types import (
+    MANIFEST_ACCEPT,
+    MANIFEST_TYPES,
+    SCHEMA1_TYPES,
+)
 from watcher.registry.ratelimit import RateLimit, parse_rate_limit
 from watcher.registry.retry import (
     Retry,
@@ -173,6 +177,9 @@ class _Registry:
     credential_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: Why HEAD is skipped on this registry (a ``head_fallback`` reason), if it is.
     head_unusable: str | None = None
+    #: Set once a GET confirmed a HEAD's 404: this registry's 404s are then
+    #: believed, so a missing tag costs no GET (a pull, on Docker Hub) per check.
+    head_404_trusted: bool = False
     warned: set[str] = field(default_factory=set)
 
     @property
@@ -345,10 +352,17 @@ class RegistryClient:
             return HeadResult(descriptor, parse_rate_limit(answer.headers), "HEAD")
 
         # A 404 may be the tag's truth; only a GET that finds it condemns HEAD.
+        if reason == "404" and registry.head_404_trusted:
+            _check_status(call, answer, authorization)
         if reason != "404":
             self._skip_head(registry, reason)
 
-        return await self._head_by_get(reference, registry, reason)
+        try:
+            return await self._head_by_get(reference, registry, reason)
+        except NotFound:
+            if reason == "404":
+                registry.head_404_trusted = True
+            raise
 
     async def get_manifest(self, reference: Reference) -> Manifest:
         """The manifest ``reference`` names, with its exact bytes.
@@ -594,6 +608,9 @@ class RegistryClient:
 
         if challenge.scheme == "basic":
             credential = await self._credential(call.registry)
+            if credential is None and not challenged:
+                # Another repository asked; this one may be public: let it say.
+                return _Authorization()
             if credential is None:
                 msg = (
                     f"{call.what}: registry requires credentials; "
@@ -607,6 +624,8 @@ class RegistryClient:
         if challenge.scheme == "bearer":
             return await self._bearer(call, challenge, challenged=challenged)
 
+        if not challenged:
+            return _Authorization()
         msg = (
             f"{call.what}: the registry asks for {challenge.scheme!r} authentication, "
             "which watcher does not support; only Bearer and Basic are"
@@ -1217,15 +1236,29 @@ def _content_type(answer: _Answer) -> str:
 
 
 def _refuse_schema1(call: _Call, media_type: str) -> None:
+    """Refuse to record what is no OCI or Docker v2 manifest, saying what it was."""
+    url = redact_url(call.url)
     if media_type in SCHEMA1_TYPES:
         msg = (
             f"{call.what}: the registry ignored the Accept header and served schema1 "
             f"({media_type}), whose digest no docker pull shows; watcher records only "
             "OCI and Docker v2 manifests"
         )
-        raise UnsupportedManifest(
-            msg, method=call.method, url=redact_url(call.url), status=200
+        raise UnsupportedManifest(msg, method=call.method, url=url, status=200)
+    if not _json_media_type(media_type):
+        msg = (
+            f"{call.what}: the answer is {media_type}, not a manifest; check the "
+            "registry's endpoint (a proxy or login page may be answering)"
         )
+        raise ProtocolViolation(msg, method=call.method, url=url, status=200)
+
+
+def _json_media_type(media_type: str) -> bool:
+    """Manifest types are JSON; tolerate new ones (artifacts) and plain JSON."""
+    return media_type in MANIFEST_TYPES or (
+        media_type.startswith("application/")
+        and (media_type.endswith("+json") or media_type == "application/json")
+    )
 
 
 def _content_length(call: _Call, answer: _Answer) -> int | None:

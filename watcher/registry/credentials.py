@@ -13,8 +13,10 @@ import base64
 import binascii
 import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,12 +274,15 @@ async def _run_helper(name: str, registry: str, seconds: float) -> Credential | 
 
 async def _communicate(path: str, server: str, seconds: float) -> tuple[int, str]:
     """Run ``<path> get`` with ``server`` on stdin: its exit status and output."""
+    # In a session of its own, so that the helper and whatever it started (a
+    # shell script's children hold its pipes open) can be stopped together.
     process = await asyncio.create_subprocess_exec(
         path,
         "get",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         stdout, stderr = await asyncio.wait_for(
@@ -286,7 +291,7 @@ async def _communicate(path: str, server: str, seconds: float) -> tuple[int, str
     except BaseException:
         # Timed out or cancelled: the helper is ours to stop, and to reap.
         with contextlib.suppress(ProcessLookupError):
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
         raise
 
