@@ -245,3 +245,27 @@ def test_check_on_a_terminal_shows_progress_then_the_table(
     assert "checking" in text
     assert "IMAGE" in text
     assert "first_seen" in text
+
+
+def test_db_upgrade_brings_an_old_database_to_the_current_schema(tmp_path):
+    from watcher.store import schema_state
+    from watcher.store import upgrade as migrate
+
+    path = write_config(tmp_path, watches=["alpine"])
+    url = f"sqlite:///{tmp_path / 'watcher.db'}"
+    migrate(url, "0001")
+
+    refused = invoke("check", "--config", path)
+    status = invoke("db", "status", "--config", path)
+    upgraded = invoke("db", "upgrade", "--config", path)
+    again = invoke("db", "upgrade", "--config", path)
+
+    assert refused.exit_code == 1
+    assert "is at schema 0001" in refused.stderr
+    assert "run: watcher db upgrade" in refused.stderr
+    assert status.exit_code == 1
+    assert "behind, at 0001" in status.stdout
+    assert upgraded.exit_code == 0
+    assert "schema 0001 -> " in upgraded.stdout
+    assert "is already at schema" in again.stdout
+    assert schema_state(url).status.value == "current"

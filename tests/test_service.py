@@ -288,3 +288,29 @@ async def test_a_bug_in_one_check_is_recorded_and_the_others_go_on(
         )
         == 1
     )
+
+
+async def test_each_check_is_recorded_with_its_duration_and_pruned_after_retention(
+    tmp_path, registry, repository_name
+):
+    from datetime import timedelta
+
+    push_image(registry.url, repository_name, "1", "docker-v2")
+    image = f"{registry.host}/{repository_name}:1"
+    settings = load_settings(
+        tmp_path, watches=[image, f"{image}-missing"], check_retention="1d"
+    )
+
+    async with Service(settings) as service:
+        await service.check_once()
+        await service.check_once()
+        records = service.store.sync.check_records(Reference.parse(image))
+        failed = service.store.sync.check_records(Reference.parse(f"{image}-missing"))
+        service._clock = lambda: records[0].checked_at + timedelta(days=2)
+        pruned = await service.prune_checks()
+        left = service.store.sync.check_records(Reference.parse(image))
+
+    assert [r.outcome for r in records] == [Outcome.UNCHANGED, Outcome.FIRST_SEEN]
+    assert all(r.duration_ms is not None and r.duration_ms >= 0 for r in records)
+    assert [r.error_reason for r in failed] == ["not_found", "not_found"]
+    assert (pruned, left) == (4, [])

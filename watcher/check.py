@@ -8,6 +8,7 @@ check is recorded for its watch and returned as a result; it never raises a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,14 @@ log = get_logger("watcher.check")
 
 #: Failures that say the registry itself is out of reach, not that one tag is bad.
 UNREACHABLE_REASONS = frozenset({"dns", "connect", "tls", "timeout"})
+
+#: When the check running in this task began, for the check record's duration.
+_started: contextvars.ContextVar[float] = contextvars.ContextVar("check_started")
+
+
+def _elapsed_ms() -> int | None:
+    started = _started.get(None)
+    return None if started is None else int((time.monotonic() - started) * 1000)
 
 
 class Resolver(Protocol):
@@ -152,6 +161,7 @@ class Checker:
         async with self._slots:
             self._metrics.checks_in_flight.inc()
             started = time.monotonic()
+            _started.set(started)
             with structlog.contextvars.bound_contextvars(reference=name):
                 try:
                     result = await self._isolated(reference, platform)
@@ -356,6 +366,7 @@ class Checker:
             source_digest=observed.source_digest,
             platforms=observed.platforms,
             previous_platforms=observed.previous_platforms,
+            duration_ms=_elapsed_ms(),
         )
         if recorded.notifications:
             self._on_change()
@@ -385,6 +396,7 @@ class Checker:
                 reason,
                 message,
                 platform,
+                duration_ms=_elapsed_ms(),
             )
         except StoreError as exc:
             log.error(

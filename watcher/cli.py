@@ -28,12 +28,20 @@ from rich.progress import (
 from watcher import __version__, config, logs
 from watcher.check import CheckResult, utc_now
 from watcher.errors import ConfigError, InvalidReference, RegistryError, WatcherError
+from watcher.logs import redact_url
 from watcher.notify import AppriseNotifier, check_urls, routes_from, send_test_messages
 from watcher.outbox import DeliveryReport
 from watcher.reference import Platform, Reference, watch_name
 from watcher.registry import RegistryClient
 from watcher.service import Service, stop_on_signals
-from watcher.store import ImageStatus, Period, open_store
+from watcher.store import (
+    ImageStatus,
+    Period,
+    SchemaStatus,
+    open_store,
+    schema_state,
+    upgrade,
+)
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -318,6 +326,53 @@ def _ratelimit_json(registry: str, reading: Any) -> dict[str, Any]:
 
 def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+db_app = typer.Typer(
+    help="Migrate and inspect the database schema.", no_args_is_help=True
+)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    config_path: ConfigOption = DEFAULT_CONFIG, debug: DebugOption = False
+) -> None:
+    """Migrate the database to the schema this watcher needs (back it up first).
+
+    Example: watcher db upgrade --config watcher.toml
+    """
+    with _errors(debug):
+        settings = _load(config_path, debug, need_secrets=False)
+        before, after = upgrade(settings.database_url)
+
+    where = redact_url(settings.database_url)
+    if before == after:
+        print(f"database {where} is already at schema {after}")
+    else:
+        print(f"database {where}: schema {before or 'none'} -> {after}")
+
+
+@db_app.command("status")
+def db_status(
+    config_path: ConfigOption = DEFAULT_CONFIG, debug: DebugOption = False
+) -> None:
+    """Say whether the database schema is the one this watcher needs (exit 1 if not).
+
+    Example: watcher db status --config watcher.toml
+    """
+    with _errors(debug):
+        settings = _load(config_path, debug, need_secrets=False)
+        state = schema_state(settings.database_url)
+
+    where = redact_url(settings.database_url)
+    print(
+        f"database {where}: {state.status.value}, at {state.revision or 'none'}, needs {state.head}"
+    )
+    if state.status is SchemaStatus.BEHIND:
+        print("run: watcher db upgrade", file=sys.stderr)
+    if state.status not in (SchemaStatus.CURRENT, SchemaStatus.EMPTY):
+        raise typer.Exit(EXIT_FAILURE)
 
 
 notify_app = typer.Typer(

@@ -55,6 +55,7 @@ MAX_DEFAULT_JITTER_SECONDS = 300.0
 DEFAULT_NOTIFY_RETRY_SECONDS = 30.0
 DEFAULT_NOTIFY_LEASE_SECONDS = 60.0
 DEFAULT_NOTIFY_MAX_AGE_SECONDS = 24 * 3600.0
+DEFAULT_CHECK_RETENTION_SECONDS = 30 * 86400.0
 
 #: Longer durations are surely typos; the scheduler cannot represent far futures.
 MAX_DURATION_SECONDS = 366 * 86400.0
@@ -360,6 +361,8 @@ class Settings(_Model):
     notify_lease: Duration = DEFAULT_NOTIFY_LEASE_SECONDS
     #: How long undelivered notifications are retried before they are failed.
     notify_max_age: Duration = DEFAULT_NOTIFY_MAX_AGE_SECONDS
+    #: How long the record of each check is kept; digest history is kept forever.
+    check_retention: Duration | None = DEFAULT_CHECK_RETENTION_SECONDS
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     #: Docker's config.json, for credentials `docker login` stored. Unset: the

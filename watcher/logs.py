@@ -63,7 +63,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _LEVELS["error"] = logging.ERROR
 
 # These libraries log every request or job at INFO; ours say it better at DEBUG.
-_QUIET_LIBRARIES = ("httpx", "httpcore", "apprise", "urllib3")
+_QUIET_LIBRARIES = ("httpx", "httpcore", "apprise", "urllib3", "alembic")
 # APScheduler warns at every skipped overlapping run; the job wrapper and the
 # metrics say what matters about jobs.
 _SILENT_LIBRARIES = ("apscheduler",)

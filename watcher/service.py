@@ -37,6 +37,8 @@ log = get_logger("watcher.service")
 #: How long a stopping service lets running checks finish before cancelling them.
 STOP_GRACE_SECONDS = 5.0
 OVERDUE_JOB_ID = "overdue"
+PRUNE_JOB_ID = "prune-checks"
+PRUNE_EVERY_SECONDS = 6 * 3600.0
 OVERDUE_EVERY_SECONDS = 30.0
 #: A check later than its interval and jitter by more than this is overdue.
 OVERDUE_GRACE_SECONDS = 60.0
@@ -158,6 +160,15 @@ class Service:
             )
             for watch in self.settings.watch
         ]
+        if self.settings.check_retention is not None:
+            jobs.append(
+                scheduler.Job(
+                    id=PRUNE_JOB_ID,
+                    seconds=PRUNE_EVERY_SECONDS,
+                    jitter=0,
+                    run=self.prune_checks,
+                )
+            )
         jobs.append(
             scheduler.Job(
                 id=OVERDUE_JOB_ID,
@@ -175,6 +186,14 @@ class Service:
             )
         )
         return jobs
+
+    async def prune_checks(self) -> int:
+        """Delete check records older than ``check_retention``; history stays."""
+        assert self.settings.check_retention is not None  # noqa: S101 - scheduled only then
+        before = self._clock() - timedelta(seconds=self.settings.check_retention)
+        pruned: int = await self.store.call(self.store.sync.prune_checks, before)
+        log.info("checks.pruned", count=pruned, before=before.isoformat())
+        return pruned
 
     async def _count_overdue(self) -> int:
         """Set the overdue gauge: watches whose check is late by more than a minute."""

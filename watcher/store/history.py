@@ -160,6 +160,10 @@ class PendingNotification:
     created_at: datetime
 
 
+#: The sizes of the outbox's title and body columns.
+MAX_TITLE_CHARS = 500
+MAX_BODY_CHARS = 8000
+
 MessagesFor = Callable[[Change], Sequence[OwedMessage]]
 
 # Two writers racing to open the same period collide on the unique index; the
@@ -547,12 +551,12 @@ class _Transaction:
                 except IntegrityError:
                     raise
                 except SQLAlchemyError as error:
-                    msg = f"write history: {error.__class__.__name__}: {error}"
+                    msg = f"write history: {_fault(error)}"
                     raise StoreError(msg) from error
                 return
             self._session.rollback()
         if isinstance(exc, SQLAlchemyError) and not isinstance(exc, IntegrityError):
-            msg = f"database: {exc.__class__.__name__}: {exc}"
+            msg = f"database: {_fault(exc)}"
             raise StoreError(msg) from exc
 
 
@@ -699,11 +703,24 @@ def _outbox_row(
     return NotificationRow(
         period_id=period.id,
         target=message.target,
-        title=message.title,
-        body=message.body,
+        # The columns are bounded (PostgreSQL enforces it); messages are built
+        # to fit, and a template that runs long is cut rather than lost.
+        title=_fit(message.title, MAX_TITLE_CHARS),
+        body=_fit(message.body, MAX_BODY_CHARS),
         created_at=at,
         next_attempt_at=at,
     )
+
+
+def _fit(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fault(exc: SQLAlchemyError) -> str:
+    """A database fault in one line: its class and the driver's first line."""
+    cause = getattr(exc, "orig", None) or exc
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {first}"
 
 
 def _utc(value: datetime | None) -> datetime | None:
