@@ -22,6 +22,7 @@ from watcher.logs import get_logger
 from watcher.manifests import PlatformManifest, is_index, platforms_of
 from watcher.metrics import Metrics
 from watcher.reference import Digest, Platform, Reference, watch_name
+from watcher.registry import Descriptor, HeadResult, Manifest
 from watcher.store import AsyncStore, Current, MessagesFor, Outcome, Recorded
 
 log = get_logger("watcher.check")
@@ -41,9 +42,9 @@ def _elapsed_ms() -> int | None:
 class Resolver(Protocol):
     """What a check needs of the registry client."""
 
-    async def head_manifest(self, reference: Reference) -> Any: ...
+    async def head_manifest(self, reference: Reference) -> HeadResult: ...
 
-    async def get_manifest(self, reference: Reference) -> Any: ...
+    async def get_manifest(self, reference: Reference) -> Manifest: ...
 
 
 class _CheckFailed(Exception):
@@ -240,7 +241,7 @@ class Checker:
             )
 
     async def _observe(
-        self, reference: Reference, platform: Platform | None, descriptor: Any
+        self, reference: Reference, platform: Platform | None, descriptor: Descriptor
     ) -> _Observation:
         """What to record for a HEAD's descriptor, reading an index only when needed."""
         current: Current | None = await self._store.call(
@@ -284,7 +285,7 @@ class Checker:
         self,
         reference: Reference,
         platform: Platform,
-        descriptor: Any,
+        descriptor: Descriptor,
         current: Current | None,
     ) -> _Observation:
         index_digest = descriptor.digest

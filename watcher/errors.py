@@ -76,7 +76,8 @@ class RegistryError(WatcherError):
     """A registry request failed.
 
     ``url`` is already redacted (no credentials, no query string) and safe to log.
-    ``transient`` says whether the same request may succeed later unchanged.
+    ``transient`` says whether the same request may succeed later unchanged;
+    ``retry_after`` is the registry's advice in seconds, when it gave some.
     """
 
     reason = "error"
@@ -90,11 +91,13 @@ class RegistryError(WatcherError):
         url: str,
         status: int | None = None,
         codes: Sequence[str] = (),
+        retry_after: float | None = None,
     ) -> None:
         self.method = method
         self.url = url
         self.status = status
         self.codes = tuple(codes)
+        self.retry_after = retry_after
         super().__init__(message)
 
 
@@ -115,19 +118,6 @@ class RateLimited(RegistryError):
 
     reason = "rate_limited"
     transient = True
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        method: str,
-        url: str,
-        status: int | None = None,
-        codes: Sequence[str] = (),
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, method=method, url=url, status=status, codes=codes)
-        self.retry_after = retry_after
 
 
 class RegistryUnavailable(RegistryError):
@@ -150,9 +140,15 @@ class RegistryUnavailable(RegistryError):
         codes: Sequence[str] = (),
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, method=method, url=url, status=status, codes=codes)
+        super().__init__(
+            message,
+            method=method,
+            url=url,
+            status=status,
+            codes=codes,
+            retry_after=retry_after,
+        )
         self.reason = reason
-        self.retry_after = retry_after
 
 
 class PullsReserved(RegistryError):
