@@ -29,6 +29,7 @@ async def test_each_watch_gets_a_job_at_its_interval_plus_the_outbox(tmp_path):
     assert scheduler.describe(jobs) == [
         {"id": "docker.io/library/alpine:3", "seconds": 7200.0},
         {"id": "ghcr.io/acme/api:1", "seconds": 900.0},
+        {"id": "prune-checks", "seconds": 21600.0},
         {"id": "overdue", "seconds": 30.0},
         {"id": "outbox", "seconds": 45.0},
     ]
