@@ -22,24 +22,27 @@ from watcher.
 """
 
 import asyncio
-import base64
-import binascii
 import json
 import re
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
 from urllib.parse import parse_qs
 
 import httpx
 import uvicorn
 
+from tests.real.asgi import (
+    Receive,
+    Scope,
+    Send,
+    ThreadedServer,
+    basic_credentials,
+    drain,
+)
 from tests.real.ports import LOOPBACK
 
 HUB_SERVICE = "registry.docker.io"
@@ -47,8 +50,6 @@ DEFAULT_TOKEN_TTL_SECONDS = 300
 DEFAULT_RATELIMIT_LIMIT = 100
 DEFAULT_RATELIMIT_WINDOW_SECONDS = 21600
 DEFAULT_RETRY_AFTER_SECONDS = 60
-START_TIMEOUT_SECONDS = 5.0
-STOP_TIMEOUT_SECONDS = 5.0
 UPSTREAM_TIMEOUT_SECONDS = 10.0
 
 # Response headers of the upstream registry a client may rely on; the rest
@@ -65,11 +66,6 @@ _REPOSITORY_PATH = re.compile(
     r"^/v2/(?P<repository>.+)/(?P<kind>manifests|blobs|tags)/.+$"
 )
 _READ_METHODS = frozenset({"GET", "HEAD"})
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -146,16 +142,16 @@ def _registry_error(
     return _json_response(status, document, *headers)
 
 
-class HubDouble:
+class HubDouble(ThreadedServer):
     """Docker-Hub-like proxy before `upstream`; see the module docstring.
 
     Use as a context manager, or call `start()` and `stop()`.
     """
 
     def __init__(self, upstream: str, behaviour: HubBehaviour | None = None) -> None:
+        super().__init__(name="HubDouble", thread_name="hub-double")
         self.upstream = upstream.rstrip("/")
         self.behaviour = behaviour if behaviour is not None else HubBehaviour()
-        self.url = ""
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._tokens_by_scope: Counter[str] = Counter()
@@ -163,8 +159,6 @@ class HubDouble:
         self._grants: dict[str, _Grant] = {}
         self._issued: list[str] = []
         self._client: httpx.AsyncClient | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
     # Observations, safe to read from the test thread.
 
@@ -215,89 +209,12 @@ class HubDouble:
         """Return the token endpoint named in the challenge."""
         return f"{self.url}/token"
 
-    # Lifecycle.
+    # Lifecycle: start(), stop() and the context manager come from ThreadedServer.
 
-    def start(self) -> Self:
-        """Serve on a free 127.0.0.1 port; return once it accepts connections."""
-        config = uvicorn.Config(
-            self,
-            host=LOOPBACK,
-            port=0,
-            loop="asyncio",
-            http="h11",
-            ws="none",
-            interface="asgi3",
-            lifespan="off",
-            proxy_headers=False,
-            log_level="warning",
-            # None keeps uvicorn from installing handlers on the root logger; its
-            # warnings still reach pytest's log capture by propagation.
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._run, name="hub-double", daemon=True
-        )
-        self._thread.start()
-        self.url = f"http://{LOOPBACK}:{self._wait_started(self._server, self._thread)}"
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and join the server thread; safe to call twice."""
-        if self._server is None or self._thread is None:
-            return
-
-        self._server.should_exit = True
-        self._thread.join(STOP_TIMEOUT_SECONDS)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(STOP_TIMEOUT_SECONDS)
-
-        alive = self._thread.is_alive()
-        self._server = None
-        self._thread = None
-        if alive:
-            msg = f"HubDouble at {self.url} did not stop within {2 * STOP_TIMEOUT_SECONDS} s"
-            raise RuntimeError(msg)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        assert self._server is not None
+    async def _serve(self, server: uvicorn.Server) -> None:
         async with httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT_SECONDS) as client:
             self._client = client
-            await self._server.serve()
-
-    @staticmethod
-    def _wait_started(server: uvicorn.Server, thread: threading.Thread) -> int:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                thread.join(STOP_TIMEOUT_SECONDS)
-                msg = f"HubDouble: uvicorn did not start within {START_TIMEOUT_SECONDS} s; see the uvicorn.error log"
-                raise RuntimeError(msg)
-
-            time.sleep(0.01)
-
-        sockets = server.servers[0].sockets
-        port: int = sockets[0].getsockname()[1]
-        return port
+            await server.serve()
 
     # ASGI application.
 
@@ -305,7 +222,7 @@ class HubDouble:
         if scope["type"] != "http":
             return
 
-        await _drain(receive)
+        await drain(receive)
         seen = _seen_request(scope)
         with self._lock:
             self._requests.append(seen)
@@ -353,7 +270,7 @@ class HubDouble:
         behaviour = self.behaviour
         self._count("token")
         if behaviour.credentials is not None and (
-            _basic_credentials(seen.headers.get("authorization", ""))
+            basic_credentials(seen.headers.get("authorization", ""))
             != behaviour.credentials
         ):
             self._count("token_denied")
@@ -498,14 +415,6 @@ class HubDouble:
             self._counts[kind] += 1
 
 
-async def _drain(receive: Receive) -> None:
-    # Bodies are ignored, but reading them keeps the connection reusable.
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("type") == "http.request" and message.get("more_body", False)
-
-
 def _seen_request(scope: Scope) -> SeenRequest:
     headers: dict[str, str] = {}
     for name, value in scope["headers"]:
@@ -525,20 +434,6 @@ def _bearer_token(authorization: str) -> str | None:
         return None
 
     return token.strip()
-
-
-def _basic_credentials(authorization: str) -> tuple[str, str] | None:
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-    username, _, password = decoded.partition(":")
-    return (username, password)
 
 
 def _pull_repositories(scopes: list[str]) -> set[str]:

@@ -7,7 +7,6 @@ afterwards can be missed. Imports nothing from watcher.
 """
 
 import threading
-import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -17,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from tests.real.ports import LOOPBACK
+from tests.real.waiting import wait_until
 
 BROKER_PORT = 1883
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -79,17 +79,15 @@ class MqttSubscriber:
         Raises:
             AssertionError: fewer arrived within `timeout` seconds.
         """
-        deadline = time.monotonic() + timeout
-        with self._arrived:
-            while len(self._messages) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    msg = f"expected {count} MQTT message(s) on {self.topic!r} within {timeout} s, got {self._messages!r}"
-                    raise AssertionError(msg)
-
-                self._arrived.wait(left)
-
-            return list(self._messages)
+        return wait_until(
+            self._arrived,
+            lambda: len(self._messages) >= count,
+            lambda: list(self._messages),
+            timeout=timeout,
+            failure=lambda: (
+                f"expected {count} MQTT message(s) on {self.topic!r} within {timeout} s, got {self._messages!r}"
+            ),
+        )
 
     def stop(self) -> None:
         """Disconnect and stop the network thread; safe to call twice."""

@@ -13,7 +13,7 @@ def free_port() -> int:
 
     The port is released before returning, so another process may take it before
     the caller binds it; callers that start a separate process retry on
-    "address already in use" (see `tests.real.registry`).
+    "address already in use" (see `tests.real.process`).
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))

@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from tests.real.ports import LOOPBACK, free_port
+from tests.real.ports import LOOPBACK
+from tests.real.process import clean_up, read_text, start_on_free_port
 from tests.real.registry import ToolMissingError
 
 PROMETHEUS_BINARY = Path("/usr/bin/prometheus")
@@ -27,10 +28,8 @@ PROMTOOL_BINARY = Path("/usr/bin/promtool")
 PROMETHEUS_INSTALL_HINT = "apt-get install prometheus"
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 20.0
 PROMTOOL_TIMEOUT_SECONDS = 60.0
-STOP_TIMEOUT_SECONDS = 5.0
 HTTP_TIMEOUT_SECONDS = 5.0
 _POLL_INTERVAL_SECONDS = 0.1
-_PORT_ATTEMPTS = 3
 
 
 class PrometheusStartError(RuntimeError):
@@ -58,12 +57,12 @@ class PrometheusServer:
     )
 
     def __post_init__(self) -> None:
-        self._finalizer = weakref.finalize(self, _clean_up, self.process, self._workdir)
+        self._finalizer = weakref.finalize(self, clean_up, self.process, self._workdir)
 
     @property
     def log(self) -> str:
         """Return what Prometheus has logged so far."""
-        return _read_text(self.log_path)
+        return read_text(self.log_path)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Evaluate `expr` now (`/api/v1/query`) and return its result list.
@@ -189,32 +188,19 @@ def promtool(
 def _start_on_free_port(
     binary: Path, workdir: Path, config_path: Path, startup_timeout: float
 ) -> PrometheusServer:
-    # free_port() releases the port before Prometheus binds it; another process
-    # can take it in between, so a bind failure is retried on a fresh port.
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        port = free_port()
-        url = f"http://{LOOPBACK}:{port}"
+    def spawn(port: int, attempt: int) -> tuple[subprocess.Popen[bytes], Path]:
         log_path = workdir / f"prometheus-{attempt}.log"
-        process = _spawn(binary, workdir, config_path, port, log_path)
-        try:
-            _wait_until_ready(url, process, log_path, startup_timeout)
-        except PrometheusStartError:
-            _stop_process(process)
-            in_use = "address already in use" in _read_text(log_path)
-            if in_use and attempt < _PORT_ATTEMPTS:
-                continue
+        return _spawn(binary, workdir, config_path, port, log_path), log_path
 
-            raise
-        except BaseException:
-            _stop_process(process)
-            raise
-
-        return PrometheusServer(
-            url=url, process=process, log_path=log_path, _workdir=workdir
-        )
-
-    msg = f"prometheus: no free port after {_PORT_ATTEMPTS} attempts"
-    raise PrometheusStartError(msg)
+    started = start_on_free_port(
+        "prometheus", spawn, _wait_until_ready, startup_timeout, PrometheusStartError
+    )
+    return PrometheusServer(
+        url=started.url,
+        process=started.process,
+        log_path=started.log_path,
+        _workdir=workdir,
+    )
 
 
 def _spawn(
@@ -245,7 +231,7 @@ def _wait_until_ready(
     with httpx.Client(timeout=1.0) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                msg = f"prometheus exited with {process.returncode} before {url}/-/ready answered; its log:\n{_read_text(log_path)}"
+                msg = f"prometheus exited with {process.returncode} before {url}/-/ready answered; its log:\n{read_text(log_path)}"
                 raise PrometheusStartError(msg)
 
             try:
@@ -256,27 +242,5 @@ def _wait_until_ready(
 
             time.sleep(_POLL_INTERVAL_SECONDS)
 
-    msg = f"prometheus was not ready at {url}/-/ready within {timeout} s; its log:\n{_read_text(log_path)}"
+    msg = f"prometheus was not ready at {url}/-/ready within {timeout} s; its log:\n{read_text(log_path)}"
     raise PrometheusStartError(msg)
-
-
-def _clean_up(process: subprocess.Popen[bytes], workdir: Path) -> None:
-    _stop_process(process)
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""

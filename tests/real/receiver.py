@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from tests.real.ports import LOOPBACK
+from tests.real.waiting import wait_until
 
 DEFAULT_WAIT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 5.0
@@ -216,19 +217,14 @@ class Receiver:
 
     def _wait_until(self, done: Callable[[], bool], what: str, timeout: float) -> None:
         """Wait, holding the lock between checks, until `done()` is true."""
-        deadline = time.monotonic() + timeout
-        with self._arrived:
-            while not done():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    arrived = [
-                        (r.method, r.path, r.status, r.answered, r.body)
-                        for r in self._requests
-                    ]
-                    msg = f"expected {what} within {timeout} s; {self._stalled} stalled connection(s); requests: {arrived!r}"
-                    raise AssertionError(msg)
 
-                self._arrived.wait(left)
+        def failure() -> str:
+            arrived = [
+                (r.method, r.path, r.status, r.answered, r.body) for r in self._requests
+            ]
+            return f"expected {what} within {timeout} s; {self._stalled} stalled connection(s); requests: {arrived!r}"
+
+        wait_until(self._arrived, done, lambda: None, timeout=timeout, failure=failure)
 
     def _record(
         self, method: str, path: str, headers: dict[str, str], raw: bytes

@@ -20,15 +20,14 @@ from pathlib import Path
 
 import httpx
 
-from tests.real.ports import LOOPBACK, free_port
+from tests.real.ports import LOOPBACK
+from tests.real.process import clean_up, read_text, start_on_free_port
 
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 REGISTRY_INSTALL_HINT = "apt-get install docker-registry"
 HTPASSWD_INSTALL_HINT = "apt-get install apache2-utils"
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 10.0
-STOP_TIMEOUT_SECONDS = 5.0
 _POLL_INTERVAL_SECONDS = 0.05
-_PORT_ATTEMPTS = 3
 
 
 class ToolMissingError(RuntimeError):
@@ -93,12 +92,12 @@ class RegistryServer:
     )
 
     def __post_init__(self) -> None:
-        self._finalizer = weakref.finalize(self, _clean_up, self.process, self._workdir)
+        self._finalizer = weakref.finalize(self, clean_up, self.process, self._workdir)
 
     @property
     def stderr(self) -> str:
         """Return what the registry has logged so far (level warn and above)."""
-        return _read_text(self.stderr_path)
+        return read_text(self.stderr_path)
 
     def stop(self) -> None:
         """Stop the process this object started and delete its storage."""
@@ -168,40 +167,28 @@ def _start_on_free_port(
     token_auth: TokenAuth | None,
     startup_timeout: float,
 ) -> RegistryServer:
-    # free_port() releases the port before the registry binds it; another process
-    # can take it in between, so a bind failure is retried on a fresh port.
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        port = free_port()
-        url = f"http://{LOOPBACK}:{port}"
+    def spawn(port: int, attempt: int) -> tuple[subprocess.Popen[bytes], Path]:
         config = _write_config(workdir, port, auth_config)
         stderr_path = workdir / f"stderr-{attempt}.log"
-        process = _spawn(binary, config, stderr_path)
-        try:
-            _wait_until_ready(url, process, stderr_path, startup_timeout)
-        except RegistryStartError:
-            _stop_process(process)
-            in_use = "address already in use" in _read_text(stderr_path)
-            if in_use and attempt < _PORT_ATTEMPTS:
-                continue
+        return _spawn(binary, config, stderr_path), stderr_path
 
-            raise
-        except BaseException:
-            _stop_process(process)
-            raise
-
-        return RegistryServer(
-            url=url,
-            host=f"{LOOPBACK}:{port}",
-            root=workdir / "storage",
-            credential=credential,
-            process=process,
-            stderr_path=stderr_path,
-            _workdir=workdir,
-            token_auth=token_auth,
-        )
-
-    msg = f"docker-registry: no free port after {_PORT_ATTEMPTS} attempts"
-    raise RegistryStartError(msg)
+    started = start_on_free_port(
+        "docker-registry",
+        spawn,
+        _wait_until_ready,
+        startup_timeout,
+        RegistryStartError,
+    )
+    return RegistryServer(
+        url=started.url,
+        host=f"{LOOPBACK}:{started.port}",
+        root=workdir / "storage",
+        credential=credential,
+        process=started.process,
+        stderr_path=started.log_path,
+        _workdir=workdir,
+        token_auth=token_auth,
+    )
 
 
 def _write_config(workdir: Path, port: int, auth_config: list[str]) -> Path:
@@ -300,7 +287,7 @@ def _wait_until_ready(
     with httpx.Client(timeout=1.0) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                msg = f"docker-registry exited with {process.returncode} before answering GET {url}/v2/; its output:\n{_read_text(stderr_path)}"
+                msg = f"docker-registry exited with {process.returncode} before answering GET {url}/v2/; its output:\n{read_text(stderr_path)}"
                 raise RegistryStartError(msg)
 
             try:
@@ -315,27 +302,5 @@ def _wait_until_ready(
 
             time.sleep(_POLL_INTERVAL_SECONDS)
 
-    msg = f"docker-registry did not answer GET {url}/v2/ within {timeout} s; its output:\n{_read_text(stderr_path)}"
+    msg = f"docker-registry did not answer GET {url}/v2/ within {timeout} s; its output:\n{read_text(stderr_path)}"
     raise RegistryStartError(msg)
-
-
-def _clean_up(process: subprocess.Popen[bytes], workdir: Path) -> None:
-    _stop_process(process)
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""

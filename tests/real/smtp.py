@@ -10,7 +10,6 @@ plain form, `mailto://user:password@127.0.0.1:port?mode=insecure&from=...&to=...
 import email
 import email.policy
 import threading
-import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from types import TracebackType
@@ -21,6 +20,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.real.ports import LOOPBACK, free_port
+from tests.real.waiting import wait_until
 
 DEFAULT_WAIT_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 5.0
@@ -102,18 +102,18 @@ class SmtpServer:
             AssertionError: fewer arrived within `timeout` seconds; the message
                 lists every attempt that did arrive.
         """
-        deadline = time.monotonic() + timeout
-        with self._arrived:
-            while len(self._accepted()) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    seen = [(m.status, m.subject) for m in self._attempts]
-                    msg = f"expected {count} e-mail(s) within {timeout} s, got {len(self._accepted())}; attempts: {seen!r}"
-                    raise AssertionError(msg)
 
-                self._arrived.wait(left)
+        def failure() -> str:
+            seen = [(m.status, m.subject) for m in self._attempts]
+            return f"expected {count} e-mail(s) within {timeout} s, got {len(self._accepted())}; attempts: {seen!r}"
 
-            return self._accepted()
+        return wait_until(
+            self._arrived,
+            lambda: len(self._accepted()) >= count,
+            self._accepted,
+            timeout=timeout,
+            failure=failure,
+        )
 
     def stop(self) -> None:
         """Stop serving and join the thread; safe to call twice."""

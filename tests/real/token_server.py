@@ -21,31 +21,34 @@ that Debian's `docker-registry` (distribution 2.8) accepts:
 logged. Imports nothing from watcher.
 """
 
-import asyncio
 import base64
-import binascii
 import json
 import re
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 import jwt
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.real.ports import LOOPBACK
+from tests.real.asgi import (
+    Receive,
+    Scope,
+    Send,
+    ThreadedServer,
+    basic_credentials,
+    drain,
+)
 from tests.real.registry import BasicCredential, RegistryServer, TokenAuth
 
 TOKEN_SERVICE = "watcher-token-registry"
@@ -54,17 +57,10 @@ DEFAULT_TOKEN_TTL_SECONDS = 300
 SIGNING_ALGORITHM = "RS256"
 RSA_KEY_BITS = 2048
 CERTIFICATE_LIFETIME = timedelta(days=1)
-START_TIMEOUT_SECONDS = 5.0
-STOP_TIMEOUT_SECONDS = 5.0
 HTTP_TIMEOUT_SECONDS = 10.0
 
 ANONYMOUS_ACTIONS = frozenset({"pull"})
 CREDENTIAL_ACTIONS = frozenset({"pull", "push"})
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -99,7 +95,7 @@ class TokenRequest:
     granted: tuple[Access, ...] = ()
 
 
-class TokenServer:
+class TokenServer(ThreadedServer):
     """Issues registry tokens as the module docstring describes.
 
     The signing key and its certificate are made when the object is built, so
@@ -115,11 +111,11 @@ class TokenServer:
         issuer: str = TOKEN_ISSUER,
         token_ttl: int = DEFAULT_TOKEN_TTL_SECONDS,
     ) -> None:
+        super().__init__(name="TokenServer", thread_name="token-server")
         self.credential = credential
         self.service = service
         self.issuer = issuer
         self.token_ttl = token_ttl
-        self.url = ""
         self._key = rsa.generate_private_key(
             public_exponent=65537, key_size=RSA_KEY_BITS
         )
@@ -130,8 +126,6 @@ class TokenServer:
         self._counts: Counter[str] = Counter()
         self._scopes: Counter[str] = Counter()
         self._requests: list[TokenRequest] = []
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
     # Observations, safe to read from the test thread.
 
@@ -230,91 +224,14 @@ class TokenServer:
             claims, self._key, algorithm=SIGNING_ALGORITHM, headers={"x5c": self._x5c}
         )
 
-    # Lifecycle.
-
-    def start(self) -> Self:
-        """Serve on a free 127.0.0.1 port; return once it accepts connections."""
-        config = uvicorn.Config(
-            self,
-            host=LOOPBACK,
-            port=0,
-            loop="asyncio",
-            http="h11",
-            ws="none",
-            interface="asgi3",
-            lifespan="off",
-            proxy_headers=False,
-            log_level="warning",
-            # None keeps uvicorn off the root logger; access_log off keeps the
-            # query strings (and the tokens' scopes) out of the logs.
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._run, name="token-server", daemon=True
-        )
-        self._thread.start()
-        self.url = f"http://{LOOPBACK}:{self._wait_started(self._server, self._thread)}"
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and join the server thread; safe to call twice."""
-        if self._server is None or self._thread is None:
-            return
-
-        self._server.should_exit = True
-        self._thread.join(STOP_TIMEOUT_SECONDS)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(STOP_TIMEOUT_SECONDS)
-
-        alive = self._thread.is_alive()
-        self._server = None
-        self._thread = None
-        if alive:
-            msg = f"TokenServer at {self.url} did not stop within {2 * STOP_TIMEOUT_SECONDS} s"
-            raise RuntimeError(msg)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        assert self._server is not None
-        asyncio.run(self._server.serve())
-
-    @staticmethod
-    def _wait_started(server: uvicorn.Server, thread: threading.Thread) -> int:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                thread.join(STOP_TIMEOUT_SECONDS)
-                msg = f"TokenServer: uvicorn did not start within {START_TIMEOUT_SECONDS} s; see the uvicorn.error log"
-                raise RuntimeError(msg)
-
-            time.sleep(0.01)
-
-        port: int = server.servers[0].sockets[0].getsockname()[1]
-        return port
-
-    # ASGI application.
+    # ASGI application; start(), stop() and the context manager come from
+    # ThreadedServer.
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
 
-        await _drain(receive)
+        await drain(receive)
         if scope["path"] != "/token":
             await _send_json(send, 404, {"details": f"no route for {scope['path']}"})
             return
@@ -330,7 +247,7 @@ class TokenServer:
         query = parse_qs(scope["query_string"].decode("latin-1"))
         scopes = tuple(query.get("scope", []))
         authorization = _header(scope, "authorization")
-        offered = _basic_credentials(authorization) if authorization else None
+        offered = basic_credentials(authorization) if authorization else None
         username = offered[0] if offered is not None else None
         self._count("token", scopes)
 
@@ -518,27 +435,6 @@ def _header(scope: Scope, wanted: str) -> str:
             return decoded
 
     return ""
-
-
-def _basic_credentials(authorization: str) -> tuple[str, str] | None:
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-    username, _, password = decoded.partition(":")
-    return (username, password)
-
-
-async def _drain(receive: Receive) -> None:
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("type") == "http.request" and message.get("more_body", False)
 
 
 async def _send_json(
