@@ -171,6 +171,8 @@ class RegistrySettings(_Model):
     password_env: str | None = None
     password_file: Path | None = None
     concurrency: int = Field(default=DEFAULT_REGISTRY_CONCURRENCY, ge=1, le=1000)
+    #: Requests a second to this registry at most, spaced evenly; unset: no limit.
+    rate: float | None = Field(default=None, gt=0)
     timeout: Duration = DEFAULT_HTTP_TIMEOUT_SECONDS
     retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=10)
     #: Pulls to leave for the user's own `docker pull`s: at or below this many

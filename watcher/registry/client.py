@@ -54,6 +54,7 @@ from watcher.registry.media_types import (
     MANIFEST_TYPES,
     SCHEMA1_TYPES,
 )
+from watcher.registry.pacing import Pacer
 from watcher.registry.ratelimit import RateLimit, parse_rate_limit
 from watcher.registry.retry import (
     Retry,
@@ -170,6 +171,7 @@ class _Registry:
     settings: RegistrySettings
     http: httpx.AsyncClient
     semaphore: asyncio.Semaphore
+    pacer: Pacer
     #: The credential from watcher's settings; Docker's config is read on demand.
     configured: Credential | None
     auth: AuthState = field(default_factory=AuthState)
@@ -466,6 +468,7 @@ class RegistryClient:
             settings=settings,
             http=self._pool(settings, verify),
             semaphore=asyncio.Semaphore(settings.concurrency),
+            pacer=Pacer(settings.rate, self._sleep),
             configured=_configured_credential(settings),
         )
         if settings.insecure:
@@ -788,6 +791,7 @@ class RegistryClient:
     async def _send(self, call: _Call, url: str, headers: dict[str, str]) -> _Answer:
         """One request through the registry's pool, reported and logged either way."""
         registry = call.registry
+        await registry.pacer.wait()
         async with registry.semaphore:
             started = time.perf_counter()
             status = None
