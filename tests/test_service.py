@@ -314,3 +314,23 @@ async def test_each_check_is_recorded_with_its_duration_and_pruned_after_retenti
     assert all(r.duration_ms is not None and r.duration_ms >= 0 for r in records)
     assert [r.error_reason for r in failed] == ["not_found", "not_found"]
     assert (pruned, left) == (4, [])
+
+
+async def test_a_watch_removed_from_the_config_leaves_no_series(
+    tmp_path, registry, repository_name
+):
+    for tag in ("kept", "dropped"):
+        push_image(registry.url, repository_name, tag, "docker-v2")
+    kept, dropped = (
+        f"{registry.host}/{repository_name}:{tag}" for tag in ("kept", "dropped")
+    )
+    await check_once(load_settings(tmp_path, watches=[kept, dropped]))
+
+    metrics = Metrics(CollectorRegistry())
+    async with Service(load_settings(tmp_path, watches=[kept]), metrics=metrics):
+        pass
+
+    name = "watcher_image_last_check_timestamp_seconds"
+    assert sample(metrics, name, image=kept) is not None
+    assert sample(metrics, name, image=dropped) is None
+    assert sample(metrics, "watcher_watches") == 1
