@@ -188,3 +188,40 @@ async def test_two_deliverers_on_one_database_send_a_message_once(
     assert sum(report.sent for report in reports) == 1
     receiver.wait_for(1)
     assert len(receiver.requests) == 1
+
+
+class SlowNotifier:
+    """Records sends, each taking 50 s; during its second, another deliverer runs."""
+
+    def __init__(self, clock, sent, during_second_send=None):
+        self.clock, self.sent, self.during = clock, sent, during_second_send
+        self.sends = 0
+
+    async def send(self, target, title, body):
+        self.sends += 1
+        self.clock.advance(seconds=50)
+        if self.sends == 2 and self.during is not None:
+            await self.during()
+        self.sent.append((target.key, body))
+
+
+async def test_a_batch_outlasting_one_lease_lets_no_message_go_twice(
+    tmp_path, receiver, clock
+):
+    """Replica A sends two messages of 50 s each under a 60 s lease; B runs meanwhile."""
+    urls = [receiver.apprise_url("/one"), receiver.apprise_url("/two")]
+    settings = load_settings(tmp_path, watches=[], notify=urls, notify_lease="1m")
+    sent: list[tuple[str, str]] = []
+
+    async with Service(
+        settings, clock=clock, notifier=SlowNotifier(clock, sent)
+    ) as replica_b:
+        slow_a = SlowNotifier(clock, sent, replica_b.courier.deliver_due)
+        async with Service(settings, clock=clock, notifier=slow_a) as replica_a:
+            record_change(replica_a, settings.notify.urls, clock)
+            await replica_a.courier.deliver_due()
+            pending = replica_a.store.sync.count_pending()
+
+    assert len(sent) == 2
+    assert len({key for key, _ in sent}) == 2
+    assert pending == 0

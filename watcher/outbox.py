@@ -70,11 +70,10 @@ class Courier:
     async def deliver_due(self) -> DeliveryReport:
         """Send every message whose time has come and record each outcome."""
         async with self._lock:
-            now = self._clock()
             due = await self._store.call(
-                self._store.sync.claim_due, now, now + self._lease
+                self._store.sync.due_notifications, self._clock()
             )
-            outcomes = [await self._deliver(message) for message in due]
+            outcomes = [await self._claim_and_deliver(message) for message in due]
             pending = await self._store.call(self._store.sync.count_pending)
         self._metrics.notifications_pending.set(pending)
         return DeliveryReport(
@@ -82,6 +81,16 @@ class Courier:
             retrying=outcomes.count("retry"),
             failed=outcomes.count("failed"),
         )
+
+    async def _claim_and_deliver(self, message: PendingNotification) -> str:
+        """Claim the message just before sending it, so a lease covers one send."""
+        now = self._clock()
+        claimed = await self._store.call(
+            self._store.sync.claim, message.id, now, now + self._lease
+        )
+        if not claimed:
+            return "taken"  # another deliverer has it, or sent it already
+        return await self._deliver(message)
 
     async def _deliver(self, message: PendingNotification) -> str:
         target = self._targets.get(message.target)

@@ -467,19 +467,23 @@ class Store:
         Each claim is a conditional update, so two deliverers (two processes,
         or two replicas on one PostgreSQL) never both win the same message.
         """
-        claimed = []
-        for message in self.due_notifications(now, limit):
-            with self._transaction() as session:
-                statement = (
-                    update(NotificationRow)
-                    .where(col(NotificationRow.id) == message.id)
-                    .where(_claimable(now))
-                    .values(claimed_until=until)
-                )
-                won = session.execute(statement).rowcount == 1  # type: ignore[attr-defined]  # CursorResult
-            if won:
-                claimed.append(message)
-        return claimed
+        due = self.due_notifications(now, limit)
+        return [message for message in due if self.claim(message.id, now, until)]
+
+    def claim(self, notification_id: int, now: datetime, until: datetime) -> bool:
+        """Claim one due entry until ``until``; False when another holds or sent it.
+
+        A conditional update: of two deliverers (two processes, or two replicas
+        on one PostgreSQL) racing for one message, exactly one wins.
+        """
+        with self._transaction() as session:
+            statement = (
+                update(NotificationRow)
+                .where(col(NotificationRow.id) == notification_id)
+                .where(_claimable(now))
+                .values(claimed_until=until)
+            )
+            return bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]  # CursorResult
 
     def retry_failed(self, now: datetime) -> int:
         """Make every failed notification pending again, due now; returns how many."""
