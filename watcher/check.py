@@ -144,9 +144,6 @@ class Checker:
         # One lock per index digest: concurrent checks of tags that moved to the
         # same index fetch it once, and the others read it from the store.
         self._fetching: dict[Digest, asyncio.Lock] = {}
-        # Index digests whose platforms could not be read when the tag moved
-        # (pull budget at its reserve, registry down): retried on later checks.
-        self._unread: dict[str, Digest] = {}
         #: When each watch was last checked, by name; the service counts overdue ones.
         self.last_checked: dict[str, datetime] = {}
 
@@ -253,7 +250,13 @@ class Checker:
             )
 
         digest, media_type = descriptor.digest, descriptor.media_type
-        if current is not None and self._unread.get(str(reference)) == current.digest:
+        if (
+            current is not None
+            and current.platforms_wanted
+            and current.digest == digest
+        ):
+            # The tag moved here when its platforms could not be read (pull
+            # reserve, registry down): they are read now, once they can be.
             await self._read_late(reference, current.digest)
         # A first sight records the index digest alone: reading every index on
         # a cold start would cost a pull per tag on registries that meter pulls.
@@ -261,10 +264,6 @@ class Checker:
             return _Observation(digest, media_type)
 
         platforms = await self._platforms_or_none(reference, digest)
-        if platforms is None:
-            self._unread[str(reference)] = digest
-        else:
-            self._unread.pop(str(reference), None)
         previous: Sequence[PlatformManifest] | None = current.platforms
         if platforms is not None and not previous and is_index(current.media_type):
             previous = await self._platforms_or_none(reference, current.digest)
@@ -275,7 +274,6 @@ class Checker:
         platforms = await self._platforms_or_none(reference, digest)
         if platforms is None:
             return
-        del self._unread[str(reference)]
         await self._store.call(
             self._store.sync.add_platforms, reference, digest, platforms
         )

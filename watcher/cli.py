@@ -28,7 +28,6 @@ from rich.progress import (
 from watcher import __version__, config, logs
 from watcher.check import CheckResult, utc_now
 from watcher.errors import ConfigError, InvalidReference, RegistryError, WatcherError
-from watcher.logs import redact_url
 from watcher.notify import AppriseNotifier, check_urls, routes_from, send_test_messages
 from watcher.outbox import DeliveryReport
 from watcher.reference import Platform, Reference, watch_name
@@ -42,6 +41,7 @@ from watcher.store import (
     schema_state,
     upgrade,
 )
+from watcher.store.engine import safe_url
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -346,7 +346,7 @@ def db_upgrade(
         settings = _load(config_path, debug, need_secrets=False)
         before, after = upgrade(settings.database_url)
 
-    where = redact_url(settings.database_url)
+    where = safe_url(settings.database_url)
     if before == after:
         print(f"database {where} is already at schema {after}")
     else:
@@ -365,7 +365,7 @@ def db_status(
         settings = _load(config_path, debug, need_secrets=False)
         state = schema_state(settings.database_url)
 
-    where = redact_url(settings.database_url)
+    where = safe_url(settings.database_url)
     print(
         f"database {where}: {state.status.value}, at {state.revision or 'none'}, needs {state.head}"
     )

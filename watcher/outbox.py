@@ -114,13 +114,22 @@ class Courier:
             # Sent but not marked: it goes out once more after the store recovers.
             log.error("notify.unmarked", notifier=target.scheme, error_msg=str(exc))
         self._metrics.notification_attempted(target.scheme, "sent")
-        log.info("notify.sent", notifier=target.scheme, notification_id=message.id)
+        log.info(
+            "notify.sent",
+            notifier=target.scheme,
+            target=target.key,
+            notification_id=message.id,
+        )
         return "sent"
 
     async def _failed(
         self, message: PendingNotification, scheme: str, error: str, *, give_up: bool
     ) -> str:
-        retry_at = None if give_up else self._clock() + self._backoff(message.attempts)
+        retry_at = None
+        if not give_up:
+            # The last try falls due when the message reaches its maximum age.
+            backoff = self._clock() + self._backoff(message.attempts)
+            retry_at = min(backoff, message.created_at + self._max_age)
         await self._store.call(
             self._store.sync.mark_attempt_failed, message.id, error, retry_at
         )
@@ -130,6 +139,7 @@ class Courier:
             log.error(
                 "notify.failed",
                 notifier=scheme,
+                target=message.target,
                 notification_id=message.id,
                 error_msg=error,
             )
@@ -137,6 +147,7 @@ class Courier:
             log.warning(
                 "retry.scheduled",
                 notifier=scheme,
+                target=message.target,
                 notification_id=message.id,
                 attempt=message.attempts + 1,
                 retry_at=retry_at.isoformat() if retry_at else None,

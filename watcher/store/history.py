@@ -18,7 +18,7 @@ from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
 
 from watcher.errors import StoreError
-from watcher.manifests import PlatformManifest
+from watcher.manifests import PlatformManifest, is_index
 from watcher.reference import Digest, Platform, Reference, watch_name
 from watcher.store.db import Database
 from watcher.store.models import (
@@ -77,13 +77,16 @@ class Change:
 class Current:
     """What the store holds as a watch's current digest.
 
-    ``platforms`` is empty when the index's platforms were never read.
+    ``platforms`` is empty when the index's platforms were never read;
+    ``platforms_wanted`` says they should have been: the tag moved to this index
+    (a first sight reads none, on purpose) and the read could not be made.
     """
 
     digest: Digest
     media_type: str
     source_digest: Digest | None
     platforms: tuple[PlatformManifest, ...]
+    platforms_wanted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,8 +307,19 @@ class Store:
             image, period = row
             source = Digest.parse(image.source_digest) if image.source_digest else None
             platforms = _platforms(session, period.id)
+            moved_here = session.exec(
+                select(func.count())
+                .select_from(DigestPeriodRow)
+                .where(DigestPeriodRow.image_id == image.id)
+                .where(col(DigestPeriodRow.ended_at).is_not(None))
+            ).one()
+            wanted = is_index(period.media_type) and not platforms and moved_here > 0
             return Current(
-                Digest.parse(period.digest), period.media_type, source, platforms
+                Digest.parse(period.digest),
+                period.media_type,
+                source,
+                platforms,
+                wanted,
             )
 
     def add_platforms(
