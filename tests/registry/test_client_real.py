@@ -199,3 +199,19 @@ async def test_list_tags_of_an_unknown_repository_on_a_real_registry_is_not_foun
             )
 
     assert caught.value.codes == ("NAME_UNKNOWN",)
+
+
+@pytest.mark.anyio
+async def test_heads_reuse_one_connection(registry, repository_name) -> None:
+    """Each check must not pay a new TCP (and, on real registries, TLS) handshake."""
+    push_image(registry.url, repository_name, "1", "oci-manifest")
+    reference = Reference.parse(f"{registry.host}/{repository_name}:1")
+    client = RegistryClient(lambda name: RegistrySettings(concurrency=4))
+
+    async with client:
+        for _ in range(5):
+            await client.head_manifest(reference)
+        pool = client._registries[registry.host].http._transport._pool  # type: ignore[attr-defined]  # httpx internals, to count connections
+        connections = len(pool.connections)
+
+    assert connections == 1

@@ -933,7 +933,12 @@ async def _read_body(call: _Call, response: httpx.Response) -> bytes:
 
     An error answer is read only so far as its error codes need.
     """
-    if call.method == "HEAD" or response.status_code in REDIRECT_STATUSES:
+    if call.method == "HEAD":
+        # Read to the end (a HEAD has no body) so that httpcore keeps the
+        # connection for the next request instead of closing it unfinished.
+        await response.aread()
+        return b""
+    if response.status_code in REDIRECT_STATUSES:
         return b""
 
     strict = response.is_success
