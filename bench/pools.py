@@ -1,0 +1,104 @@
+"""The lead's note in issue #6: how the pool size of one `httpx.AsyncClient` matters.
+
+Sends `requests` HEADs at once (all gathered together) straight to the registry,
+with no latency added, through clients whose pools differ only in size; each
+size twice: with `client.head()`, which reads the (empty) body, and as watcher's
+`RegistryClient._send` does it (`send(stream=True)`, then `aclose()` unread), after
+which httpcore does not reuse the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+POOL_TIMEOUT_SECONDS = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRun:
+    pool: int
+    body_read: bool
+    requests: int
+    seconds: float
+    failures: int
+
+
+def measure_pools(
+    base_url: str,
+    targets: Sequence[tuple[str, str]],
+    pools: Sequence[int],
+    accept: str,
+) -> list[PoolRun]:
+    """Time one burst of HEADs, one per target, for each pool size and reading."""
+    return [
+        asyncio.run(_burst(base_url, targets, pool, accept, read))
+        for pool in pools
+        for read in (True, False)
+    ]
+
+
+async def _burst(
+    base_url: str,
+    targets: Sequence[tuple[str, str]],
+    pool: int,
+    accept: str,
+    read: bool,
+) -> PoolRun:
+    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+    timeout = httpx.Timeout(POOL_TIMEOUT_SECONDS)
+    async with httpx.AsyncClient(
+        base_url=base_url, limits=limits, timeout=timeout
+    ) as client:
+
+        async def head(repository: str, tag: str) -> bool:
+            url = f"/v2/{repository}/manifests/{tag}"
+            request = client.build_request("HEAD", url, headers={"Accept": accept})
+            try:
+                response = await client.send(request, stream=True)
+                if read:
+                    await response.aread()
+
+                await response.aclose()
+            except httpx.HTTPError:
+                return False
+
+            return response.status_code == httpx.codes.OK
+
+        started = time.perf_counter()
+        answers = await asyncio.gather(*(head(r, t) for r, t in targets))
+        seconds = time.perf_counter() - started
+
+    return PoolRun(pool, read, len(targets), seconds, answers.count(False))
+
+
+def main(argv: list[str]) -> int:
+    """`python -m bench.pools URL ACCEPT POOLS TARGETS_JSON`: print the runs as JSON.
+
+    Run as its own process so that it uses httpx exactly as installed, without the
+    harness's stand-in for sniffio (see `bench.world.answer_sniffio_in_harness`).
+    """
+    if len(argv) != 4:
+        sys.stderr.write("usage: python -m bench.pools URL ACCEPT POOLS TARGETS_JSON\n")
+        return 2
+
+    url, accept, pools, targets = argv
+    runs = measure_pools(
+        url,
+        [(repository, tag) for repository, tag in json.loads(targets)],
+        [int(pool) for pool in pools.split(",")],
+        accept,
+    )
+    sys.stdout.write(json.dumps([dataclasses.asdict(run) for run in runs]) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
