@@ -2,9 +2,9 @@
 
 Sends `requests` HEADs at once (all gathered together) straight to the registry,
 with no latency added, through clients whose pools differ only in size; each
-size twice: with `client.head()`, which reads the (empty) body, and as watcher's
-`RegistryClient._send` does it (`send(stream=True)`, then `aclose()` unread), after
-which httpcore does not reuse the connection.
+size twice: `send(stream=True)` then `aclose()`, with the (empty) body read in
+between or not. httpcore reuses a connection only when its answer was read to
+the end, so the two show connection reuse against a new connection per request.
 """
 
 from __future__ import annotations

@@ -460,14 +460,14 @@ def markdown(
             "",
             f"{pools[0].requests} HEADs started at once with one `httpx.AsyncClient`, straight to the registry",
             "(no double, no latency), from a process of its own with httpx as installed; only",
-            "`max_connections` = `max_keepalive_connections` differs, and",
-            "whether the (empty) HEAD body is read before `aclose()`. watcher's `_send`/`_read_body`",
-            "close a HEAD response unread, and httpcore then drops the connection instead of reusing it.",
+            "`max_connections` = `max_keepalive_connections` differs, and whether the (empty) HEAD body",
+            "is read before `aclose()`: httpcore reuses a connection only when its answer was read to the",
+            "end, so *read* means keep-alive and *unread* a new connection per request.",
             "",
-            "| pool | body read | seconds | failed |",
+            "| pool | HEAD body | seconds | failed |",
             "|---|---|---|---|",
             *[
-                f"| {p.pool} | {'yes' if p.body_read else 'no (as watcher)'} | {p.seconds:.2f} | {p.failures} |"
+                f"| {p.pool} | {'read' if p.body_read else 'unread'} | {p.seconds:.2f} | {p.failures} |"
                 for p in pools
             ],
             "",

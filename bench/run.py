@@ -60,7 +60,7 @@ CHANGED_FRACTION = 0.01
 DEFAULT_BUDGET_MINUTES = 8.5
 #: Rough costs for projecting steps not measured yet in this run.
 BASELINE_SECONDS_PER_TAG = 0.25
-POOL_SECONDS_PER_REQUEST = 0.01
+POOL_SECONDS_PER_REQUEST = 0.015
 MOVE_SECONDS_PER_TAG = 0.2
 #: No single process of the benchmark may run longer than this.
 PROCESS_TIMEOUT_SECONDS = 600.0
@@ -690,7 +690,7 @@ def _pools(world: World, options: Options) -> list[PoolRun]:
 
     runs = [PoolRun(**run) for run in json.loads(completed.stdout)]
     for run in runs:
-        how = "body read" if run.body_read else "body unread, as watcher does"
+        how = "body read" if run.body_read else "body unread"
         _say(
             f"pool {run.pool} ({how}): {run.requests} HEADs at once in "
             f"{run.seconds:.2f} s ({run.failures} failed)"
