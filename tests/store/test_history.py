@@ -195,24 +195,25 @@ class TestClaims:
         other = open_store(database_url)
         now, lease = T0 + timedelta(hours=1), timedelta(minutes=5)
 
-        mine = store.claim_due(now, now + lease)
-        theirs = other.claim_due(now, now + lease)
-        after_lease = other.claim_due(now + lease, now + 2 * lease)
+        (due,) = store.due_notifications(now)
+
+        mine = store.claim(due.id, now, now + lease)
+        theirs = other.claim(due.id, now, now + lease)
+        due_to_them = other.due_notifications(now)
+        after_lease = other.claim(due.id, now + lease, now + 2 * lease)
         other.close()
 
-        assert len(mine) == 1
-        assert theirs == []
-        assert [m.id for m in after_lease] == [mine[0].id]
+        assert (mine, theirs, after_lease) == (True, False, True)
+        assert due_to_them == []
 
     def test_a_failed_attempt_releases_its_claim(self, store):
         record(store, DIGEST_A, T0)
         record(store, DIGEST_B, T0 + timedelta(hours=1))
         now = T0 + timedelta(hours=1)
-        (claimed,) = store.claim_due(now, now + timedelta(hours=5))
+        (claimed,) = store.due_notifications(now)
+        assert store.claim(claimed.id, now, now + timedelta(hours=5))
 
         store.mark_attempt_failed(claimed.id, "HTTP 500", now + timedelta(minutes=1))
 
-        assert (
-            len(store.claim_due(now + timedelta(minutes=1), now + timedelta(hours=1)))
-            == 1
-        )
+        later = now + timedelta(minutes=1)
+        assert store.claim(claimed.id, later, later + timedelta(hours=1))

@@ -459,8 +459,9 @@ class TestUpgradeKeepsRows:
             old, new = store.history(IMAGE)
             (status,) = store.statuses()
             now = changed + timedelta(hours=2)
-            (claimed,) = store.claim_due(now, until=now + timedelta(minutes=5))
-            claimed_again = store.claim_due(now, until=now + timedelta(minutes=5))
+            (claimed,) = store.due_notifications(now)
+            won = store.claim(claimed.id, now, now + timedelta(minutes=5))
+            won_again = store.claim(claimed.id, now, now + timedelta(minutes=5))
             recorded = store.record_digest(
                 IMAGE,
                 NEWEST,
@@ -486,7 +487,7 @@ class TestUpgradeKeepsRows:
         )
         assert (claimed.id, claimed.target, claimed.attempts) == (2, "dev", 3)
         assert claimed.body == f"{OLD} -> {NEW}"
-        assert claimed_again == []
+        assert (won, won_again) == (True, False)
         assert (recorded.previous_digest, recorded.notifications) == (NEW, 1)
         assert current is not None
         assert current.platforms == (

@@ -473,17 +473,6 @@ class Store:
             )
             return [_pending(row) for row in session.exec(statement)]
 
-    def claim_due(
-        self, now: datetime, until: datetime, limit: int = 100
-    ) -> list[PendingNotification]:
-        """Claim the due entries until ``until`` and return those this caller won.
-
-        Each claim is a conditional update, so two deliverers (two processes,
-        or two replicas on one PostgreSQL) never both win the same message.
-        """
-        due = self.due_notifications(now, limit)
-        return [message for message in due if self.claim(message.id, now, until)]
-
     def claim(self, notification_id: int, now: datetime, until: datetime) -> bool:
         """Claim one due entry until ``until``; False when another holds or sent it.
 
