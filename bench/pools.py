@@ -82,8 +82,8 @@ async def _burst(
 def main(argv: list[str]) -> int:
     """`python -m bench.pools URL ACCEPT POOLS TARGETS_JSON`: print the runs as JSON.
 
-    Run as its own process so that it uses httpx exactly as installed, without the
-    harness's stand-in for sniffio (see `bench.world.answer_sniffio_in_harness`).
+    Run as its own process, so that the double, which runs in the harness process,
+    shares neither an event loop nor the GIL with the bursts timed here.
     """
     if len(argv) != 4:
         sys.stderr.write("usage: python -m bench.pools URL ACCEPT POOLS TARGETS_JSON\n")

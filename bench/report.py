@@ -50,7 +50,6 @@ class Context:
     budget_seconds: float
     skipped: list[str]
     cache: bool
-    sniffio_stub: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,15 +402,6 @@ def markdown(
             " (a moved tag's copy is dropped); it still counts, authorises, rate-limits and sleeps per request."
             if context.cache
             else "- The double proxies every manifest request to the registry (`--no-cache`)."
-        ),
-        *(
-            [
-                "- httpcore imports `sniffio` on every lock it makes and nothing installed it, so each",
-                "  import fails after searching `sys.path`; the harness process (the double) answers it with",
-                "  a stub. The watcher processes are separate interpreters and run as installed.",
-            ]
-            if context.sniffio_stub
-            else []
         ),
         f"- Each tag is a small OCI index (2 platforms + an attestation); {context.per_repository} tags per repository,",
         "  repositories `bench/r0000`, `bench/r0001`, ...; watched as `docker.io` with `endpoint` set to the double.",

@@ -36,7 +36,6 @@ from bench.pools import PoolRun
 from bench.world import (
     Layout,
     World,
-    answer_sniffio_in_harness,
     describe_counts,
     running_world,
 )
@@ -169,9 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     profiles: dict[str, Path] = {}
     budget = Budget(options.budget_seconds, started)
     _say(f"load average at start: {load_start}")
-    sniffio_stub = answer_sniffio_in_harness()
-    if sniffio_stub:
-        _say("sniffio is not installed: the harness answers httpcore itself")
 
     _say(
         f"pushing {layout.tags} tags in {layout.repositories(layout.tags)} repositories"
@@ -219,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
         budget_seconds=options.budget_seconds,
         skipped=budget.skipped,
         cache=options.cache,
-        sniffio_stub=sniffio_stub,
     )
     rows = report.rows(runs, baselines, context)
     targets = report.evaluate(runs, baselines, context)

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib.util
-import os
-import sys
 import threading
 import time
-import types
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -190,27 +186,6 @@ class World:
             {f"/v2/{repository}/manifests/{tag}" for repository, tag in targets}
         )
         return {f"{image.repository}:{image.tag}": image.digest for image in pushed}
-
-
-def answer_sniffio_in_harness() -> bool:
-    """Give httpcore, in this process only, the answer it imports sniffio for.
-
-    httpcore 1.0 runs `import sniffio` each time it builds a lock, an event or a
-    cancellation shield, several times per request; anyio 4.16 and httpx 0.29 no
-    longer install sniffio, so each of those imports fails after searching
-    sys.path. The double (httpx to the registry) and the seeding client then
-    spend CPU the processes under test need. The harness only ever runs asyncio,
-    so a stub module answering "asyncio" is exact here. The watcher processes
-    are separate interpreters and do not get it: they run as an install of
-    watcher's dependencies does. Returns whether the stub was installed.
-    """
-    if os.environ.get("BENCH_REAL_SNIFFIO") or importlib.util.find_spec("sniffio"):
-        return False
-
-    stub = types.ModuleType("sniffio")
-    stub.current_async_library = lambda: "asyncio"  # type: ignore[attr-defined]
-    sys.modules["sniffio"] = stub
-    return True
 
 
 @contextmanager
