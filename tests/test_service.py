@@ -334,3 +334,76 @@ async def test_a_watch_removed_from_the_config_leaves_no_series(
     assert sample(metrics, name, image=kept) is not None
     assert sample(metrics, name, image=dropped) is None
     assert sample(metrics, "watcher_watches") == 1
+
+
+async def test_second_pass_records_every_unchanged_tag_in_input_order(
+    tmp_path, registry, repository_name
+):
+    """Fewer workers than watches: every watch is checked once, results in order."""
+    pushed = push_image(registry.url, repository_name, "base", "oci-manifest")
+    tags = [f"t{n}" for n in range(7)]
+    add_tags(registry.url, pushed, tags)
+    images = [f"{registry.host}/{repository_name}:{tag}" for tag in tags]
+    settings = load_settings(tmp_path, watches=images, concurrency=2)
+
+    async with Service(settings) as service:
+        await service.check_once()
+        second = await service.check_once()
+        records = [
+            service.store.sync.check_records(Reference.parse(image)) for image in images
+        ]
+        statuses = service.store.sync.statuses()
+
+    assert [str(result.reference) for result in second] == images
+    assert {result.outcome for result in second} == {Outcome.UNCHANGED}
+    assert [[r.outcome for r in rs] for rs in records] == [
+        [Outcome.UNCHANGED, Outcome.FIRST_SEEN]
+    ] * len(images)
+    assert {s.last_outcome for s in statuses} == {Outcome.UNCHANGED}
+    (period,) = await history(settings, images[0])
+    assert period.last_seen == second[0].checked_at
+
+
+async def test_a_change_another_process_records_mid_pass_is_not_overwritten(
+    tmp_path, registry, repository_name
+):
+    """The pass read the tag's digest, then a replica recorded a move: compare anew."""
+    from datetime import UTC, datetime
+
+    from watcher.reference import Digest
+    from watcher.store import open_store
+
+    pushed = push_image(registry.url, repository_name, "1", "oci-manifest")
+    image = f"{registry.host}/{repository_name}:1"
+    settings = load_settings(tmp_path, watches=[image])
+    elsewhere = Digest.parse("sha256:" + "e" * 64)
+
+    async with Service(settings) as service:
+        await service.check_once()
+        real = service.client.head_manifest
+
+        async def replica_moves_it_first(reference):
+            replica = open_store(settings.database_url)
+            try:
+                replica.record_digest(
+                    reference,
+                    elsewhere,
+                    pushed.media_type,
+                    datetime.now(UTC),
+                    lambda change: [],
+                )
+            finally:
+                replica.close()
+            return await real(reference)
+
+        service.checker._resolver.head_manifest = replica_moves_it_first  # type: ignore[method-assign]
+        (result,) = await service.check_once()
+
+    assert (result.outcome, result.previous_digest) == (Outcome.CHANGED, elsewhere)
+    periods = await history(settings, image)
+    assert [str(p.digest) for p in periods] == [
+        pushed.digest,
+        str(elsewhere),
+        pushed.digest,
+    ]
+    assert periods[0].last_seen < periods[1].first_seen

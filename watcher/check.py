@@ -23,7 +23,14 @@ from watcher.manifests import PlatformManifest, is_index, platforms_of
 from watcher.metrics import Metrics
 from watcher.reference import Digest, Platform, Reference, watch_name
 from watcher.registry import Descriptor, HeadResult, Manifest
-from watcher.store import AsyncStore, Current, MessagesFor, Outcome, Recorded
+from watcher.store import (
+    AsyncStore,
+    Current,
+    MessagesFor,
+    Outcome,
+    Recorded,
+    Unchanged,
+)
 
 log = get_logger("watcher.check")
 
@@ -113,6 +120,13 @@ class _Observation:
     previous_platforms: Sequence[PlatformManifest] | None = None
 
 
+class _Unread:
+    """A watch's current digest not read yet: the check reads it itself."""
+
+
+_UNREAD = _Unread()
+
+
 def _text(digest: Digest | None) -> str | None:
     return str(digest) if digest is not None else None
 
@@ -140,6 +154,7 @@ class Checker:
         self._on_change = on_change
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
+        self._workers = concurrency
         self._unreachable: set[str] = set()
         # One lock per index digest: concurrent checks of tags that moved to the
         # same index fetch it once, and the others read it from the store.
@@ -155,6 +170,14 @@ class Checker:
         With ``platform``, the watch follows that platform's manifest inside the
         tag's index rather than the tag's own digest.
         """
+        return await self._checked(reference, platform, _UNREAD)
+
+    async def _checked(
+        self,
+        reference: Reference,
+        platform: Platform | None,
+        current: Current | _Unread | None,
+    ) -> CheckResult:
         name = watch_name(reference, platform)
         async with self._slots:
             self._metrics.checks_in_flight.inc()
@@ -162,7 +185,7 @@ class Checker:
             _started.set(started)
             with structlog.contextvars.bound_contextvars(reference=name):
                 try:
-                    result = await self._isolated(reference, platform)
+                    result = await self._isolated(reference, platform, current)
                 finally:
                     self._metrics.checks_in_flight.dec()
 
@@ -179,7 +202,10 @@ class Checker:
         return result
 
     async def _isolated(
-        self, reference: Reference, platform: Platform | None
+        self,
+        reference: Reference,
+        platform: Platform | None,
+        current: Current | _Unread | None,
     ) -> CheckResult:
         """The check, with a bug in it recorded for this watch alone.
 
@@ -188,7 +214,7 @@ class Checker:
         watch must neither stop the pass nor go unrecorded.
         """
         try:
-            return await self._check(reference, platform)
+            return await self._check(reference, platform, current)
         except Exception as exc:
             log.exception("check.crashed")
             message = (
@@ -204,24 +230,61 @@ class Checker:
     ) -> list[CheckResult]:
         """Check every watch concurrently; results come back in input order.
 
-        ``on_result`` is called as each check ends, for progress displays.
+        What the store holds for every watch is read first, in a few queries;
+        then ``concurrency`` workers take the watches in turn, so memory does not
+        grow with their number. ``on_result`` is called as each check ends, for
+        progress displays.
         """
+        todo = list(watches)
+        known = await self._currents(todo)
+        results: list[CheckResult | None] = [None] * len(todo)
+        queue = iter(enumerate(todo))
 
-        async def check(reference: Reference, platform: Platform | None) -> CheckResult:
-            result = await self.check(reference, platform)
-            on_result(result)
-            return result
+        async def worker() -> None:
+            for index, (reference, platform) in queue:
+                current = (
+                    _UNREAD
+                    if known is None
+                    else known.get(watch_name(reference, platform))
+                )
+                result = await self._checked(reference, platform, current)
+                results[index] = result
+                on_result(result)
 
-        checks = (check(reference, platform) for reference, platform in watches)
-        return list(await asyncio.gather(*checks))
+        await asyncio.gather(*(worker() for _ in range(min(self._workers, len(todo)))))
+        return [result for result in results if result is not None]
+
+    async def _currents(
+        self, watches: Sequence[tuple[Reference, Platform | None]]
+    ) -> dict[str, Current] | None:
+        """What the store holds for ``watches``; None (logged) if it cannot say."""
+        names = [watch_name(reference, platform) for reference, platform in watches]
+        try:
+            known: dict[str, Current] = await self._store.call(
+                self._store.sync.currents, names
+            )
+        except StoreError as exc:
+            # Each check then reads its own, and records its own failure.
+            log.warning("store.unread", error_msg=str(exc))
+            return None
+        return known
 
     async def _check(
-        self, reference: Reference, platform: Platform | None
+        self,
+        reference: Reference,
+        platform: Platform | None,
+        current: Current | _Unread | None,
     ) -> CheckResult:
         try:
             head = await self._resolver.head_manifest(reference)
-            observed = await self._observe(reference, platform, head.descriptor)
-            return await self._record(reference, platform, observed)
+            if isinstance(current, _Unread):
+                current = await self._store.call(
+                    self._store.sync.current, reference, platform
+                )
+            observed = await self._observe(
+                reference, platform, head.descriptor, current
+            )
+            return await self._record(reference, platform, observed, current)
         except (RegistryError, _CheckFailed) as exc:
             return await self._record_failure(reference, platform, exc.reason, str(exc))
         except StoreError as exc:
@@ -238,12 +301,13 @@ class Checker:
             )
 
     async def _observe(
-        self, reference: Reference, platform: Platform | None, descriptor: Descriptor
+        self,
+        reference: Reference,
+        platform: Platform | None,
+        descriptor: Descriptor,
+        current: Current | None,
     ) -> _Observation:
         """What to record for a HEAD's descriptor, reading an index only when needed."""
-        current: Current | None = await self._store.call(
-            self._store.sync.current, reference, platform
-        )
         if platform is not None:
             return await self._observe_platform(
                 reference, platform, descriptor, current
@@ -350,9 +414,34 @@ class Checker:
         return body
 
     async def _record(
-        self, reference: Reference, platform: Platform | None, observed: _Observation
+        self,
+        reference: Reference,
+        platform: Platform | None,
+        observed: _Observation,
+        current: Current | None,
     ) -> CheckResult:
         checked_at = self._clock()
+        if (
+            current is not None
+            and current.digest == observed.digest
+            and observed.platforms is None
+            and observed.previous_platforms is None
+        ):
+            unchanged = Unchanged(
+                current, checked_at, observed.source_digest, _elapsed_ms()
+            )
+            if await self._store.record_unchanged(unchanged):
+                return CheckResult(
+                    reference,
+                    Outcome.UNCHANGED,
+                    checked_at,
+                    digest=observed.digest,
+                    media_type=observed.media_type,
+                    previous_digest=observed.digest,
+                    platform=platform,
+                )
+            # Another process recorded a change since `current` was read: the
+            # full path below compares with what the store holds now.
         recorded: Recorded = await self._store.call(
             self._store.sync.record_digest,
             reference,

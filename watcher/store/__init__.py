@@ -27,6 +27,7 @@ from watcher.store.history import (
     PlatformChange,
     Recorded,
     Store,
+    Unchanged,
 )
 from watcher.store.migrate import SchemaState, SchemaStatus, schema_state, upgrade
 
@@ -47,12 +48,16 @@ __all__ = [
     "SchemaState",
     "SchemaStatus",
     "Store",
+    "Unchanged",
     "open_store",
     "schema_state",
     "upgrade",
 ]
 
 P = ParamSpec("P")
+#: A bound on one group commit, so that one transaction never holds the
+#: database's write lock for long.
+_UNCHANGED_PER_TRANSACTION = 500
 R = TypeVar("R")
 
 
@@ -72,6 +77,42 @@ class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.sync = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._unchanged: list[tuple[Unchanged, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def record_unchanged(self, check: Unchanged) -> bool:
+        """``Store.record_unchanged`` for one check, committed with its neighbours.
+
+        Checks that end while the writer is busy are written together in its
+        next transaction (a group commit), so a pass of unchanged tags costs a
+        few transactions instead of one each. Returns once the check is committed.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        self._unchanged.append((check, done))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return await done
+
+    async def _flush(self) -> None:
+        try:
+            while self._unchanged:
+                batch = self._unchanged[:_UNCHANGED_PER_TRANSACTION]
+                del self._unchanged[:_UNCHANGED_PER_TRANSACTION]
+                try:
+                    applied = await self.call(
+                        self.sync.record_unchanged, [check for check, _ in batch]
+                    )
+                except Exception as exc:  # noqa: BLE001 - handed to every waiter
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                for (_, done), ok in zip(batch, applied, strict=True):
+                    if not done.done():
+                        done.set_result(ok)
+        finally:
+            self._flusher = None
 
     async def call(
         self, method: Callable[P, R], *args: P.args, **kwargs: P.kwargs

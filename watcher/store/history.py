@@ -11,11 +11,26 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    CursorResult,
+    Result,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    update,
+)
+from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from watcher.errors import StoreError
 from watcher.manifests import PlatformManifest, is_index
@@ -87,6 +102,21 @@ class Current:
     source_digest: Digest | None
     platforms: tuple[PlatformManifest, ...]
     platforms_wanted: bool = False
+    #: Where it is stored, so that ``Store.record_unchanged`` needs no lookup.
+    image_id: int | None = None
+    period_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """A check that found the digest ``current`` holds, to record in a batch."""
+
+    current: Current
+    at: datetime
+    #: For a platform watch, the index the digest was read from (it may move
+    #: while the platform's manifest stays the same).
+    source_digest: Digest | None = None
+    duration_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +202,8 @@ MessagesFor = Callable[[Change], Sequence[OwedMessage]]
 # Two writers racing to open the same period collide on the unique index; the
 # loser reads again and finds the winner's row. One retry settles it.
 _RECORD_ATTEMPTS = 2
+# Names per IN (...) list: well under SQLite's and PostgreSQL's parameter limits.
+_NAMES_PER_QUERY = 500
 
 
 class Store:
@@ -288,39 +320,55 @@ class Store:
             session.add_all([image, _check_row(image, seen, outcome)])
             return Recorded(outcome, previous, change, len(owed))
 
+    def record_unchanged(self, batch: Sequence[Unchanged]) -> list[bool]:
+        """Record many checks that found their current digest, in one transaction.
+
+        The fast path of ``record_digest``: plain statements by primary key, no
+        lookup. An entry whose period is no longer open with that digest (another
+        process recorded a change since ``current`` was read) is left out and
+        answered False: record it with ``record_digest``.
+        """
+        applied: list[bool] = []
+        with self._transaction() as session:
+            connection = session.connection()
+            for item in batch:
+                moved = connection.execute(
+                    update(DigestPeriodRow)
+                    .where(col(DigestPeriodRow.id) == item.current.period_id)
+                    .where(col(DigestPeriodRow.digest) == str(item.current.digest))
+                    .where(col(DigestPeriodRow.ended_at).is_(None))
+                    .values(last_seen=item.at)
+                )
+                applied.append(_rowcount(moved) == 1)
+            done = [item for item, ok in zip(batch, applied, strict=True) if ok]
+            if done:
+                connection.execute(
+                    update(ImageRow).where(col(ImageRow.id) == bindparam("image_id")),
+                    [_unchanged_image(item) for item in done],
+                )
+                connection.execute(
+                    insert(CheckRecordRow),
+                    [_unchanged_check(item) for item in done],
+                )
+        return applied
+
     def current(
         self, reference: Reference, platform: Platform | None = None
     ) -> Current | None:
         """The digest a watch points at now, as last recorded, or None."""
+        name = watch_name(reference, platform)
+        return self.currents([name]).get(name)
+
+    def currents(self, names: Sequence[str]) -> dict[str, Current]:
+        """``current`` for many watches by name, in a few queries; absent: never seen."""
+        found: dict[str, Current] = {}
         with self._transaction() as session:
-            statement = (
-                select(ImageRow, DigestPeriodRow)
-                .join(
-                    DigestPeriodRow, col(DigestPeriodRow.image_id) == col(ImageRow.id)
-                )
-                .where(ImageRow.reference == watch_name(reference, platform))
-                .where(col(DigestPeriodRow.ended_at).is_(None))
-            )
-            row = session.exec(statement).first()
-            if row is None:
-                return None
-            image, period = row
-            source = Digest.parse(image.source_digest) if image.source_digest else None
-            platforms = _platforms(session, period.id)
-            moved_here = session.exec(
-                select(func.count())
-                .select_from(DigestPeriodRow)
-                .where(DigestPeriodRow.image_id == image.id)
-                .where(col(DigestPeriodRow.ended_at).is_not(None))
-            ).one()
-            wanted = is_index(period.media_type) and not platforms and moved_here > 0
-            return Current(
-                Digest.parse(period.digest),
-                period.media_type,
-                source,
-                platforms,
-                wanted,
-            )
+            connection = session.connection()
+            wanted = list(dict.fromkeys(names))
+            for start in range(0, len(wanted), _NAMES_PER_QUERY):
+                chunk = wanted[start : start + _NAMES_PER_QUERY]
+                found.update(_currents(connection, chunk))
+        return found
 
     def add_platforms(
         self,
@@ -429,8 +477,7 @@ class Store:
             statement = delete(CheckRecordRow).where(
                 col(CheckRecordRow.checked_at) < cutoff
             )
-            result = session.execute(statement)
-            return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult
+            return _rowcount(session.execute(statement))
 
     def history(
         self, reference: Reference, platform: Platform | None = None
@@ -486,7 +533,7 @@ class Store:
                 .where(_claimable(now))
                 .values(claimed_until=until)
             )
-            return bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]  # CursorResult
+            return _rowcount(session.execute(statement)) == 1
 
     def retry_failed(self, now: datetime) -> int:
         """Make every failed notification pending again, due now; returns how many."""
@@ -496,7 +543,7 @@ class Store:
                 .where(col(NotificationRow.status) == "failed")
                 .values(status="pending", next_attempt_at=now, claimed_until=None)
             )
-            return int(session.execute(statement).rowcount)  # type: ignore[attr-defined]  # CursorResult
+            return _rowcount(session.execute(statement))
 
     def count_pending(self) -> int:
         """How many notifications are owed and not yet delivered."""
@@ -580,6 +627,89 @@ class _Observed:
     platforms: Sequence[PlatformManifest] | None
     previous_platforms: Sequence[PlatformManifest] | None
     duration_ms: int | None
+
+
+def _currents(connection: Connection, names: Sequence[str]) -> dict[str, Current]:
+    images, periods = _table(ImageRow), _table(DigestPeriodRow)
+    image, period = images.c, periods.c
+    rows = connection.execute(
+        core_select(
+            image.id,
+            image.reference,
+            image.source_digest,
+            period.id.label("period_id"),
+            period.digest,
+            period.media_type,
+        )
+        .join_from(images, periods)
+        .where(image.reference.in_(names))
+        .where(period.ended_at.is_(None))
+    ).all()
+    if not rows:
+        return {}
+
+    platforms: dict[int, list[PlatformManifest]] = {}
+    entries = _table(PlatformDigestRow).c
+    for period_id, platform, digest, media_type in connection.execute(
+        core_select(
+            entries.period_id, entries.platform, entries.digest, entries.media_type
+        ).where(entries.period_id.in_([row.period_id for row in rows]))
+    ):
+        platforms.setdefault(period_id, []).append(
+            PlatformManifest(Platform.parse(platform), Digest.parse(digest), media_type)
+        )
+    # A tag that moved to its current digest, rather than being first seen on it.
+    moved = set(
+        connection.execute(
+            core_select(period.image_id)
+            .where(period.image_id.in_([row.id for row in rows]))
+            .where(period.ended_at.is_not(None))
+            .distinct()
+        ).scalars()
+    )
+    found = {}
+    for row in rows:
+        read = tuple(sorted(platforms.get(row.period_id, ())))
+        found[row.reference] = Current(
+            Digest.parse(row.digest),
+            row.media_type,
+            Digest.parse(row.source_digest) if row.source_digest else None,
+            read,
+            platforms_wanted=is_index(row.media_type) and not read and row.id in moved,
+            image_id=row.id,
+            period_id=row.period_id,
+        )
+    return found
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE touched (its result is a CursorResult)."""
+    return int(cast("CursorResult[Any]", result).rowcount)
+
+
+def _table(model: type[SQLModel]) -> Table:
+    """The Core table of a row class, for statements that need no ORM."""
+    return model.metadata.tables[str(model.__tablename__)]
+
+
+def _unchanged_image(item: Unchanged) -> dict[str, object]:
+    return {
+        "image_id": item.current.image_id,
+        "last_check_at": item.at,
+        "last_error": None,
+        "last_error_reason": None,
+        "source_digest": _text(item.source_digest),
+        "last_outcome": Outcome.UNCHANGED.value,
+    }
+
+
+def _unchanged_check(item: Unchanged) -> dict[str, object]:
+    return {
+        "image_id": item.current.image_id,
+        "checked_at": item.at,
+        "outcome": Outcome.UNCHANGED.value,
+        "duration_ms": item.duration_ms,
+    }
 
 
 def _image_for_update(
