@@ -92,8 +92,15 @@ def configure(
         structlog.processors.format_exc_info,
         redactor,
     ]
+    # filter_by_level first: an event below the level is dropped after one level
+    # check, before the timestamp, the redactor or a traceback is made for it
+    # (the registry client sends a DEBUG event per request).
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
