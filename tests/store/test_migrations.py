@@ -18,6 +18,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 from structlog.testing import capture_logs
@@ -33,6 +34,7 @@ from watcher.store import (
     schema_state,
     upgrade,
 )
+from watcher.store.migrate import REVISIONS
 
 HEAD = "0003"
 SCHEMAS = Path(__file__).with_name("schemas")
@@ -47,6 +49,13 @@ from watcher.store import open_store
 print("ready", flush=True)
 sys.stdin.readline()
 open_store(sys.argv[1]).close()
+"""
+
+OPEN_AND_LIST_ALEMBIC = """
+import sys
+from watcher.store import open_store
+open_store(sys.argv[1]).close()
+print(sorted(name for name in sys.modules if name.split(".")[0] == "alembic"))
 """
 
 IMAGE = Reference.parse("ghcr.io/acme/api:stable")
@@ -137,6 +146,15 @@ def alembic_config(conn):
 
 
 class TestSchema:
+    def test_revisions_are_the_migration_scripts_in_order(self):
+        """``REVISIONS`` stands in for Alembic at start-up, so it must not drift."""
+        scripts = ScriptDirectory(str(MIGRATIONS))
+
+        oldest_first = [s.revision for s in reversed(list(scripts.walk_revisions()))]
+
+        assert tuple(oldest_first) == REVISIONS
+        assert scripts.get_current_head() == REVISIONS[-1] == HEAD
+
     def test_upgraded_schema_matches_the_models(self, database_url):
         """Alembic's own comparison finds nothing to add, drop or alter."""
         upgrade(database_url)
@@ -181,6 +199,22 @@ class TestOpen:
         )
         (event,) = [e for e in logs if e["event"] == "schema.upgraded"]
         assert (event["from_revision"], event["to_revision"]) == (None, HEAD)
+
+    def test_database_at_head_opens_without_importing_alembic(self, database_url):
+        """Start-up does not pay for Alembic, which only an upgrade needs."""
+        upgrade(database_url)
+
+        opened = subprocess.run(
+            [sys.executable, "-c", OPEN_AND_LIST_ALEMBIC, database_url],
+            cwd=REPOSITORY,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert opened.returncode == 0, opened.stderr
+        assert opened.stdout == "[]\n"
 
     def test_database_behind_is_refused_with_the_command_that_fixes_it(
         self, database_url

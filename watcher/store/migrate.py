@@ -4,23 +4,22 @@ Alembic runs the scripts in ``migrations/``, configured here in code, so no
 alembic.ini is needed. A database made before watcher had migrations (its
 tables made by ``create_all``, no ``alembic_version`` table) is recognised by
 its columns as schema 0001 or 0002 and stamped so when it is upgraded.
+
+Alembic is imported only to upgrade: where a schema stands is read from the
+``alembic_version`` table and ``REVISIONS``, so a watcher opening a database
+already at head starts without loading Alembic, which costs time and memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
-from alembic.util import CommandError
+import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel
@@ -30,9 +29,20 @@ from watcher.logs import get_logger
 from watcher.store import models  # noqa: F401 - registers the tables
 from watcher.store.engine import engine_for, safe_url
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 log = get_logger("watcher.store")
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
+
+#: Every revision in ``migrations/versions/``, oldest first; the last is head.
+#: A new migration adds its revision here: tests/store/test_migrations.py fails
+#: until this matches Alembic's own reading of the scripts.
+REVISIONS = ("0001", "0002", "0003")
+
+#: Alembic's version table, under the default name watcher's migrations keep.
+_VERSION_TABLE = sa.table("alembic_version", sa.column("version_num"))
 
 #: Two processes starting on one empty PostgreSQL database (two replicas) would
 #: both create the tables; this transaction-scoped advisory lock makes one wait.
@@ -122,9 +132,7 @@ class SchemaState:
 
 def head() -> str:
     """The schema revision this watcher's models need."""
-    revision = _scripts().get_current_head()
-    assert revision is not None  # noqa: S101 - versions/ ships with the package
-    return revision
+    return REVISIONS[-1]
 
 
 def schema_state(url: str) -> SchemaState:
@@ -163,8 +171,13 @@ def _upgrade_engine(
     engine: Engine, url: str, revision: str = "head"
 ) -> tuple[str | None, str]:
     """``upgrade`` on an engine the caller keeps open."""
+    # Imported here, not above: only an upgrade needs Alembic (module docstring).
+    from alembic import command
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
     with (
-        _translated("upgrade the schema of", url),
+        _translated("upgrade the schema of", url, CommandError, RevisionError),
         _locked(engine) as conn,
     ):
         state = _state(conn, url)
@@ -222,15 +235,18 @@ def _state(conn: Connection, url: str) -> SchemaState:
             SchemaStatus.BEHIND, _recognise(found, url), newest, unversioned=True
         )
 
-    known = {script.revision for script in _scripts().walk_revisions()}
-    if revision not in known:
+    if revision not in REVISIONS:
         return SchemaState(SchemaStatus.AHEAD, revision, newest)
     status = SchemaStatus.CURRENT if revision == newest else SchemaStatus.BEHIND
     return SchemaState(status, revision, newest)
 
 
 def _revision(conn: Connection) -> str | None:
-    heads = MigrationContext.configure(conn).get_current_heads()
+    """The revision in ``alembic_version``, read as Alembic reads it."""
+    if not inspect(conn).has_table(_VERSION_TABLE.name):
+        return None
+
+    heads = conn.execute(sa.select(_VERSION_TABLE.c.version_num)).scalars().all()
     if len(heads) > 1:
         msg = f"alembic_version holds several revisions ({', '.join(heads)}); watcher's schema history has one line, so this table was written by something else"
         raise StoreError(msg)
@@ -313,12 +329,9 @@ def _locked(engine: Engine) -> Iterator[Connection]:
         conn.exec_driver_sql("COMMIT")
 
 
-@functools.cache
-def _scripts() -> ScriptDirectory:
-    return ScriptDirectory(str(_MIGRATIONS))
-
-
 def _config(conn: Connection) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS).replace("%", "%%"))
     config.attributes["connection"] = conn
@@ -326,11 +339,12 @@ def _config(conn: Connection) -> Config:
 
 
 @contextlib.contextmanager
-def _translated(action: str, url: str) -> Iterator[None]:
-    """Turn database and Alembic faults into StoreError naming the action and URL."""
+def _translated(action: str, url: str, *faults: type[Exception]) -> Iterator[None]:
+    """Turn database faults and ``faults`` into StoreError naming the action and URL."""
+    caught: tuple[type[Exception], ...] = (SQLAlchemyError, *faults)
     try:
         yield
-    except (SQLAlchemyError, CommandError, RevisionError) as exc:
+    except caught as exc:
         reason = exc.args[0] if exc.args else exc
         msg = f"{action} database {safe_url(url)}: {exc.__class__.__name__}: {reason}"
         raise StoreError(msg) from exc

@@ -3,8 +3,9 @@
 Each file in ``versions/`` takes the schema one step forward and never changes
 once released: ``0001`` is the first schema, ``0002`` adds platform watches and
 the outbox's claim lease, ``0003`` adds check records. A new step copies the
-newest file, sets ``revision`` and ``down_revision``, and changes ``models.py``
-to match; ``tests/store/test_migrations.py`` fails until both agree.
+newest file, sets ``revision`` and ``down_revision``, appends the revision to
+``migrate.REVISIONS`` and changes ``models.py`` to match;
+``tests/store/test_migrations.py`` fails until all three agree.
 
 Migrations only go forward: to go back, restore the backup taken before the
 upgrade.
