@@ -26,6 +26,7 @@ from watcher.registry import Descriptor, HeadResult, Manifest
 from watcher.store import (
     AsyncStore,
     Current,
+    FirstSeen,
     MessagesFor,
     Outcome,
     Recorded,
@@ -421,27 +422,12 @@ class Checker:
         current: Current | None,
     ) -> CheckResult:
         checked_at = self._clock()
-        if (
-            current is not None
-            and current.digest == observed.digest
-            and observed.platforms is None
-            and observed.previous_platforms is None
-        ):
-            unchanged = Unchanged(
-                current, checked_at, observed.source_digest, _elapsed_ms()
-            )
-            if await self._store.record_unchanged(unchanged):
-                return CheckResult(
-                    reference,
-                    Outcome.UNCHANGED,
-                    checked_at,
-                    digest=observed.digest,
-                    media_type=observed.media_type,
-                    previous_digest=observed.digest,
-                    platform=platform,
-                )
-            # Another process recorded a change since `current` was read: the
-            # full path below compares with what the store holds now.
+        fast = await self._record_plain(
+            reference, platform, observed, current, checked_at
+        )
+        if fast is not None:
+            return fast
+
         recorded: Recorded = await self._store.call(
             self._store.sync.record_digest,
             reference,
@@ -465,6 +451,56 @@ class Checker:
             digest=observed.digest,
             media_type=observed.media_type,
             previous_digest=recorded.previous_digest,
+            platform=platform,
+        )
+
+    async def _record_plain(
+        self,
+        reference: Reference,
+        platform: Platform | None,
+        observed: _Observation,
+        current: Current | None,
+        checked_at: datetime,
+    ) -> CheckResult | None:
+        """Record the common cases in a batch: an unchanged digest, a silent first sight.
+
+        None when the check needs ``record_digest``: a change, platforms to
+        store, a message owed, or another process wrote this watch since
+        ``current`` was read.
+        """
+        if observed.platforms is not None or observed.previous_platforms is not None:
+            return None
+
+        if current is not None and current.digest == observed.digest:
+            unchanged = Unchanged(
+                current, checked_at, observed.source_digest, _elapsed_ms()
+            )
+            outcome, previous = Outcome.UNCHANGED, observed.digest
+            written = await self._store.record_unchanged(unchanged)
+        elif current is None and not self._notify_first_seen:
+            first = FirstSeen(
+                reference,
+                platform,
+                observed.digest,
+                observed.media_type,
+                checked_at,
+                observed.source_digest,
+                _elapsed_ms(),
+            )
+            outcome, previous = Outcome.FIRST_SEEN, None
+            written = await self._store.record_first_seen(first)
+        else:
+            return None
+
+        if not written:
+            return None
+        return CheckResult(
+            reference,
+            outcome,
+            checked_at,
+            digest=observed.digest,
+            media_type=observed.media_type,
+            previous_digest=previous,
             platform=platform,
         )
 

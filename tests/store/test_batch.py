@@ -9,7 +9,7 @@ from sqlalchemy import event
 
 from watcher.manifests import PlatformManifest
 from watcher.reference import Digest, Platform, Reference, watch_name
-from watcher.store import AsyncStore, Outcome, Unchanged, open_store
+from watcher.store import AsyncStore, FirstSeen, Outcome, Unchanged, open_store
 
 ALPINE = Reference.parse("alpine:3")
 DIGEST_A = Digest.parse("sha256:" + "a" * 64)
@@ -17,6 +17,7 @@ DIGEST_B = Digest.parse("sha256:" + "b" * 64)
 DIGEST_C = Digest.parse("sha256:" + "c" * 64)
 INDEX = "application/vnd.oci.image.index.v1+json"
 ARM64 = Platform.parse("linux/arm64")
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
@@ -127,6 +128,64 @@ class TestRecordUnchanged:
             Outcome.CHANGED,
             Outcome.FIRST_SEEN,
         ]
+
+
+class TestRecordFirstSeen:
+    def test_writes_what_record_digest_writes(self, store, new_database_url):
+        watches = [(ALPINE, None), (ALPINE, ARM64)]
+        batch = [
+            FirstSeen(ALPINE, None, DIGEST_A, INDEX, T0, duration_ms=7),
+            FirstSeen(ALPINE, ARM64, DIGEST_B, MANIFEST, T0, DIGEST_A, duration_ms=9),
+        ]
+
+        assert store.record_first_seen(batch) == [True, True]
+
+        slow = open_store(new_database_url())
+        try:
+            for item in batch:
+                slow.record_digest(
+                    item.reference,
+                    item.digest,
+                    item.media_type,
+                    item.at,
+                    silent,
+                    platform=item.platform,
+                    source_digest=item.source_digest,
+                    duration_ms=item.duration_ms,
+                )
+            for reference, platform in watches:
+                assert store.history(reference, platform) == slow.history(
+                    reference, platform
+                )
+                assert store.check_records(reference, platform) == slow.check_records(
+                    reference, platform
+                )
+                fast_current = store.current(reference, platform)
+                slow_current = slow.current(reference, platform)
+                assert (fast_current.digest, fast_current.source_digest) == (
+                    slow_current.digest,
+                    slow_current.source_digest,
+                )
+            assert store.statuses() == slow.statuses()
+        finally:
+            slow.close()
+
+    def test_a_watch_with_a_row_already_is_left_to_the_slow_path(self, store):
+        # A failed first check leaves an image row without a period.
+        store.record_failure(ALPINE, T0, "timeout", "HEAD timed out")
+        other = Reference.parse("alpine:edge")
+
+        applied = store.record_first_seen(
+            [
+                FirstSeen(ALPINE, None, DIGEST_A, INDEX, T0 + timedelta(hours=1)),
+                FirstSeen(other, None, DIGEST_B, INDEX, T0 + timedelta(hours=1)),
+            ]
+        )
+
+        assert applied == [False, True]
+        assert store.history(ALPINE) == []
+        assert [r.outcome for r in store.check_records(ALPINE)] == [Outcome.ERROR]
+        assert [p.digest for p in store.history(other)] == [DIGEST_B]
 
 
 async def record_concurrently(async_store, currents, at):

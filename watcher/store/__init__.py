@@ -11,13 +11,14 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 from watcher.store.db import Database
 from watcher.store.history import (
     Change,
     CheckRecord,
     Current,
+    FirstSeen,
     ImageStatus,
     MessagesFor,
     Outcome,
@@ -37,6 +38,7 @@ __all__ = [
     "CheckRecord",
     "Current",
     "Database",
+    "FirstSeen",
     "ImageStatus",
     "MessagesFor",
     "Outcome",
@@ -57,8 +59,9 @@ __all__ = [
 P = ParamSpec("P")
 #: A bound on one group commit, so that one transaction never holds the
 #: database's write lock for long.
-_UNCHANGED_PER_TRANSACTION = 500
+_ENTRIES_PER_TRANSACTION = 500
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def open_store(url: str) -> Store:
@@ -77,42 +80,19 @@ class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.sync = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._unchanged: list[tuple[Unchanged, asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._unchanged = _GroupCommit(self, store.record_unchanged)
+        self._first_seen = _GroupCommit(self, store.record_first_seen)
 
     async def record_unchanged(self, check: Unchanged) -> bool:
         """``Store.record_unchanged`` for one check, committed with its neighbours.
 
-        Checks that end while the writer is busy are written together in its
-        next transaction (a group commit), so a pass of unchanged tags costs a
-        few transactions instead of one each. Returns once the check is committed.
+        Returns once the check is committed (see ``_GroupCommit``).
         """
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
-        self._unchanged.append((check, done))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        return await done
+        return await self._unchanged.submit(check)
 
-    async def _flush(self) -> None:
-        try:
-            while self._unchanged:
-                batch = self._unchanged[:_UNCHANGED_PER_TRANSACTION]
-                del self._unchanged[:_UNCHANGED_PER_TRANSACTION]
-                try:
-                    applied = await self.call(
-                        self.sync.record_unchanged, [check for check, _ in batch]
-                    )
-                except Exception as exc:  # noqa: BLE001 - handed to every waiter
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                    continue
-                for (_, done), ok in zip(batch, applied, strict=True):
-                    if not done.done():
-                        done.set_result(ok)
-        finally:
-            self._flusher = None
+    async def record_first_seen(self, check: FirstSeen) -> bool:
+        """``Store.record_first_seen`` for one check, committed with its neighbours."""
+        return await self._first_seen.submit(check)
 
     async def call(
         self, method: Callable[P, R], *args: P.args, **kwargs: P.kwargs
@@ -126,3 +106,48 @@ class AsyncStore:
         """Finish queued writes, then close the database."""
         self._executor.shutdown(wait=True)
         self.sync.close()
+
+
+class _GroupCommit(Generic[T]):
+    """Writes that arrive while the writer is busy go together in its next transaction.
+
+    A pass of a thousand checks then costs a few transactions instead of one
+    each; a lone write waits for nothing. ``write`` takes a batch and says, for
+    each entry, whether it was written (False: the caller takes the slow path).
+    """
+
+    def __init__(
+        self, store: AsyncStore, write: Callable[[list[T]], list[bool]]
+    ) -> None:
+        self._store = store
+        self._write = write
+        self._queue: list[tuple[T, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, entry: T) -> bool:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        self._queue.append((entry, done))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return await done
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[:_ENTRIES_PER_TRANSACTION]
+                del self._queue[:_ENTRIES_PER_TRANSACTION]
+                try:
+                    written = await self._store.call(
+                        self._write, [entry for entry, _ in batch]
+                    )
+                except Exception as exc:  # noqa: BLE001 - handed to every waiter
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                for (_, done), ok in zip(batch, written, strict=True):
+                    if not done.done():
+                        done.set_result(ok)
+        finally:
+            self._flusher = None

@@ -120,6 +120,27 @@ class Unchanged:
 
 
 @dataclass(frozen=True, slots=True)
+class FirstSeen:
+    """A check of a watch the store has never seen, to record in a batch.
+
+    Only for a first sight that owes no message: one with messages takes
+    ``record_digest``, which writes them in the same transaction.
+    """
+
+    reference: Reference
+    platform: Platform | None
+    digest: Digest
+    media_type: str
+    at: datetime
+    source_digest: Digest | None = None
+    duration_ms: int | None = None
+
+    @property
+    def name(self) -> str:
+        return watch_name(self.reference, self.platform)
+
+
+@dataclass(frozen=True, slots=True)
 class OwedMessage:
     """A message a change owes one notification target."""
 
@@ -347,10 +368,55 @@ class Store:
                     [_unchanged_image(item) for item in done],
                 )
                 connection.execute(
-                    insert(CheckRecordRow),
-                    [_unchanged_check(item) for item in done],
+                    insert(_table(CheckRecordRow)),
+                    [
+                        _check_values(
+                            item.current.image_id,
+                            item.at,
+                            Outcome.UNCHANGED,
+                            item.duration_ms,
+                        )
+                        for item in done
+                    ],
                 )
         return applied
+
+    def record_first_seen(self, batch: Sequence[FirstSeen]) -> list[bool]:
+        """Record many first sights (no message owed) in one transaction.
+
+        The fast path of ``record_digest`` for a cold start. A watch that has a
+        row already (a failed check, or another process got there first) is left
+        out and answered False: record it with ``record_digest``.
+        """
+        images, periods = _table(ImageRow), _table(DigestPeriodRow)
+        names = [item.name for item in batch]
+        try:
+            with self._transaction() as session:
+                connection = session.connection()
+                taken = set(_image_ids(connection, names))
+                new = {item.name: item for item in batch if item.name not in taken}
+                if new:
+                    connection.execute(
+                        insert(images), [_first_image(item) for item in new.values()]
+                    )
+                    ids = _image_ids(connection, list(new))
+                    connection.execute(
+                        insert(periods),
+                        [_first_period(ids[name], item) for name, item in new.items()],
+                    )
+                    connection.execute(
+                        insert(_table(CheckRecordRow)),
+                        [
+                            _check_values(
+                                ids[name], item.at, Outcome.FIRST_SEEN, item.duration_ms
+                            )
+                            for name, item in new.items()
+                        ],
+                    )
+        except IntegrityError:
+            # Another process inserted one of these watches after the lookup.
+            return [False] * len(batch)
+        return [name in new for name in names]
 
     def current(
         self, reference: Reference, platform: Platform | None = None
@@ -703,12 +769,50 @@ def _unchanged_image(item: Unchanged) -> dict[str, object]:
     }
 
 
-def _unchanged_check(item: Unchanged) -> dict[str, object]:
+def _check_values(
+    image_id: int | None, at: datetime, outcome: Outcome, duration_ms: int | None
+) -> dict[str, object]:
     return {
-        "image_id": item.current.image_id,
-        "checked_at": item.at,
-        "outcome": Outcome.UNCHANGED.value,
-        "duration_ms": item.duration_ms,
+        "image_id": image_id,
+        "checked_at": at,
+        "outcome": outcome.value,
+        "duration_ms": duration_ms,
+    }
+
+
+def _image_ids(connection: Connection, names: Sequence[str]) -> dict[str, int]:
+    image = _table(ImageRow).c
+    found: dict[str, int] = {}
+    for start in range(0, len(names), _NAMES_PER_QUERY):
+        chunk = names[start : start + _NAMES_PER_QUERY]
+        rows = connection.execute(
+            core_select(image.reference, image.id).where(image.reference.in_(chunk))
+        )
+        found.update({row.reference: row.id for row in rows})
+    return found
+
+
+def _first_image(item: FirstSeen) -> dict[str, object]:
+    return {
+        "reference": item.name,
+        "registry_name": item.reference.registry,
+        "repository": item.reference.repository,
+        "tag": item.reference.tag_or_digest,
+        "platform": str(item.platform) if item.platform else None,
+        "source_digest": _text(item.source_digest),
+        "created_at": item.at,
+        "last_check_at": item.at,
+        "last_outcome": Outcome.FIRST_SEEN.value,
+    }
+
+
+def _first_period(image_id: int, item: FirstSeen) -> dict[str, object]:
+    return {
+        "image_id": image_id,
+        "digest": str(item.digest),
+        "media_type": item.media_type,
+        "first_seen": item.at,
+        "last_seen": item.at,
     }
 
 
