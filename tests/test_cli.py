@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import write_config
@@ -11,6 +14,18 @@ from tests.real.images import push_image
 from watcher.cli import app
 
 runner = CliRunner()
+
+# `watcher check` in a fresh interpreter; its last line names the libraries loaded
+# that start-up should only pay for when they are used.
+CHECK_AND_NAME_LIBRARIES = """
+import sys
+from watcher.cli import app
+try:
+    app(["check", "--json", "--config", sys.argv[1]])
+except SystemExit:
+    pass
+print(sorted(set(sys.modules) & {"alembic", "apprise"}))
+"""
 
 
 def invoke(*args):
@@ -245,6 +260,41 @@ def test_check_on_a_terminal_shows_progress_then_the_table(
     assert "checking" in text
     assert "IMAGE" in text
     assert "first_seen" in text
+
+
+@pytest.mark.parametrize(
+    ("database", "notify", "loaded"),
+    [
+        pytest.param("at head", [], "[]", id="plain"),
+        pytest.param(
+            "at head", ["json://127.0.0.1:9/hook"], "['apprise']", id="notify"
+        ),
+        pytest.param("empty", [], "['alembic']", id="empty-database"),
+    ],
+)
+def test_check_loads_alembic_and_apprise_only_to_use_them(
+    tmp_path, registry, repository_name, database, notify, loaded
+):
+    """A database at head needs no upgrade, and no URL means nothing to check or send."""
+    from watcher.store import upgrade as migrate
+
+    push_image(registry.url, repository_name, "1", "oci-manifest")
+    path = write_config(
+        tmp_path, watches=[f"{registry.host}/{repository_name}:1"], notify=notify
+    )
+    if database == "at head":
+        migrate(f"sqlite:///{tmp_path / 'watcher.db'}")
+
+    checked = subprocess.run(
+        [sys.executable, "-c", CHECK_AND_NAME_LIBRARIES, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines()[-1] == loaded
 
 
 def test_db_upgrade_brings_an_old_database_to_the_current_schema(tmp_path):

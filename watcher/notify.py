@@ -1,6 +1,8 @@
 """Notification targets and messages, and Apprise behind a small ``Notifier`` seam.
 
-The only module that imports Apprise. Apprise URLs often embed credentials
+The only module that imports Apprise, and only to check a URL or send a
+message: loading its plugins is a large part of start-up, which a watcher
+without notification URLs need not pay. Apprise URLs often embed credentials
 (webhook tokens, SMTP passwords), so a target is known everywhere else by its
 ``key`` (scheme and a short hash) and its ``scheme``; the URL stays in a
 ``SecretStr`` and leaves this module only inside Apprise.
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Protocol
 
-import apprise
 from pydantic import SecretStr
 
 from watcher.config import DEFAULT_NOTIFIER, NotifierSettings, NotifySettings
@@ -119,9 +120,7 @@ def check_urls(urls: Sequence[SecretStr]) -> list[tuple[int, str]]:
     problems = []
     for index, url in enumerate(urls):
         target = Target.from_url(url)
-        with _apprise_silenced():
-            accepted = apprise.Apprise().add(url.get_secret_value())
-        if not accepted:
+        if not _accepted(url):
             problems.append(
                 (
                     index,
@@ -130,6 +129,13 @@ def check_urls(urls: Sequence[SecretStr]) -> list[tuple[int, str]]:
                 )
             )
     return problems
+
+
+def _accepted(url: SecretStr) -> bool:
+    import apprise  # here, not above: see the module docstring
+
+    with _apprise_silenced():
+        return bool(apprise.Apprise().add(url.get_secret_value()))
 
 
 @contextmanager
@@ -298,6 +304,8 @@ class AppriseNotifier:
 
     @staticmethod
     def _send(target: Target, title: str, body: str) -> None:
+        import apprise  # here, not above: see the module docstring
+
         sender = apprise.Apprise()
         secret = target.url.get_secret_value()
         if not sender.add(secret):
