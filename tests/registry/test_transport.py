@@ -3,6 +3,7 @@
 Each server reads requests with h11 and answers with bytes a test writes, so the
 tests can send what a registry or a broken server sends: chunked and
 close-delimited bodies, ``Connection: close``, stray bytes, a cut-off answer.
+Last, RegistryClient as production builds it, through a forward proxy.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import h11
 import httpx
@@ -22,6 +23,10 @@ import trustme
 
 from tests.fakes.registry import FakeClock
 from tests.real.ports import LOOPBACK, free_port
+from tests.registry.tls_server import MEDIA_TYPE, digest_of, start_tls_registry
+from watcher.config import RegistrySettings
+from watcher.reference import Digest, Reference
+from watcher.registry import HeadResult, RegistryClient
 from watcher.registry import transport as transport_module
 from watcher.registry.transport import Http11Transport
 
@@ -786,3 +791,153 @@ class TestCancellation:
                     timeout=httpx.Timeout(5.0, connect=0.1),
                 )
             await settled(server.gone, "the client's close")
+
+
+MANIFEST = b'{"schemaVersion": 2, "config": {}, "layers": []}'
+API = Reference.parse("registry.test/acme/api:stable")
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def manifest_head() -> bytes:
+    """A registry's answer to a manifest HEAD: the manifest's headers, no body."""
+    headers = [
+        f"Content-Type: {MEDIA_TYPE}",
+        f"Docker-Content-Digest: {digest_of(MANIFEST)}",
+        "Connection: close",
+    ]
+    return answer(MANIFEST, headers=headers)[: -len(MANIFEST)]
+
+
+@dataclass
+class ForwardProxy:
+    """A forward proxy: it answers plain-HTTP manifest HEADs itself, as the
+    registry would, and tunnels CONNECT to the port asked for on 127.0.0.1."""
+
+    requests: list[str] = field(default_factory=list)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    done: list[asyncio.Event] = field(default_factory=list)
+
+    async def serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.writers.append(writer)
+        finished = asyncio.Event()
+        self.done.append(finished)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            method, target, _ = head.split(b"\r\n")[0].decode().split(" ")
+            self.requests.append(f"{method} {target}")
+            if method == "CONNECT":
+                await self._tunnel(reader, writer, int(target.rpartition(":")[2]))
+            else:
+                writer.write(manifest_head())
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            finished.set()
+
+    async def _tunnel(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int
+    ) -> None:
+        upstream_reader, upstream = await asyncio.open_connection(LOOPBACK, port)
+        self.writers.append(upstream)
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(_pipe(reader, upstream), _pipe(upstream_reader, writer))
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[ForwardProxy, str]]:
+    """A forward proxy and its URL, with no proxy variable set from outside."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+    forward = ForwardProxy()
+    server = await asyncio.start_server(forward.serve, LOOPBACK, 0)
+    yield forward, f"http://{LOOPBACK}:{server.sockets[0].getsockname()[1]}"
+    server.close()
+    for writer in forward.writers:
+        writer.close()
+    for finished in forward.done:
+        await settled(finished, "the proxy's close")
+    await server.wait_closed()
+
+
+async def head_through_client(**settings: Any) -> HeadResult:
+    """HEAD API with RegistryClient as production builds it: no transport given."""
+    registry_settings = RegistrySettings.model_validate(settings)
+    async with RegistryClient(lambda name: registry_settings) as registry_client:
+        return await registry_client.head_manifest(API)
+
+
+class TestProxies:
+    """RegistryClient keeps httpx's use of the proxy variables."""
+
+    async def test_http_proxy_carries_plain_http_requests(
+        self, proxy: tuple[ForwardProxy, str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        forward, url = proxy
+        monkeypatch.setenv("HTTP_PROXY", url)
+
+        result = await head_through_client(endpoint="http://registry.test")
+
+        assert result.descriptor.digest == Digest.parse(digest_of(MANIFEST))
+        assert forward.requests == [
+            "HEAD http://registry.test/v2/acme/api/manifests/stable"
+        ]
+
+    async def test_https_proxy_tunnels_tls_with_connect(
+        self,
+        proxy: tuple[ForwardProxy, str],
+        monkeypatch: pytest.MonkeyPatch,
+        ca: trustme.CA,
+        tmp_path: Path,
+    ) -> None:
+        forward, url = proxy
+        monkeypatch.setenv("HTTPS_PROXY", url)
+        registry = start_tls_registry(ca, tmp_path, {"acme/api:stable": MANIFEST})
+        port = registry.url.rpartition(":")[2]
+        try:
+            result = await head_through_client(
+                endpoint=f"https://localhost:{port}", ca_file=registry.ca_file
+            )
+        finally:
+            registry.stop()
+
+        assert result.descriptor.digest == Digest.parse(digest_of(MANIFEST))
+        assert forward.requests == [f"CONNECT localhost:{port}"]
+
+    async def test_no_proxy_hosts_are_reached_directly(
+        self,
+        proxy: tuple[ForwardProxy, str],
+        monkeypatch: pytest.MonkeyPatch,
+        serve: ServerFactory,
+    ) -> None:
+        forward, url = proxy
+        monkeypatch.setenv("ALL_PROXY", url)
+        monkeypatch.setenv("NO_PROXY", LOOPBACK)
+
+        async def registry(exchange: Exchange) -> None:
+            exchange.peer.write(manifest_head())
+
+        direct = await serve(registry)
+
+        result = await head_through_client(endpoint=direct.url(""))
+
+        assert result.descriptor.digest == Digest.parse(digest_of(MANIFEST))
+        assert [seen.method for seen in direct.seen] == ["HEAD"]
+        assert forward.requests == []

@@ -62,6 +62,7 @@ from watcher.registry.retry import (
     retry_for_fault,
     retry_for_status,
 )
+from watcher.registry.transport import Http11Transport, proxy_mounts
 from watcher.registry.wire import (
     parse_error_codes,
     parse_next_link,
@@ -491,13 +492,20 @@ class RegistryClient:
             max_connections=settings.concurrency,
             max_keepalive_connections=settings.concurrency,
         )
+        transport, mounts = self._transport, None
+        if transport is None:
+            # Given a transport, httpx leaves the proxy variables to us.
+            transport = Http11Transport(verify, max_idle=settings.concurrency)
+            mounts = proxy_mounts(verify, limits)
+
         return httpx.AsyncClient(
             headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(settings.timeout),
             limits=limits,
             follow_redirects=False,
             verify=verify,
-            transport=self._transport,
+            transport=transport,
+            mounts=mounts,
         )
 
     async def _head_by_get(
@@ -911,12 +919,14 @@ def _redact(url: str) -> str:
         return "(unparseable URL)"
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return url.scheme, url.host.lower(), url.port or _DEFAULT_PORTS.get(url.scheme)
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    return parts.scheme, parts.hostname or "", port
 
 
 def _same_origin(first: str, second: str) -> bool:
-    return _origin(httpx.URL(first)) == _origin(httpx.URL(second))
+    return _origin(first) == _origin(second)
 
 
 def _json(body: bytes) -> object:

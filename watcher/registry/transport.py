@@ -20,6 +20,10 @@ from typing import TypeAlias, cast
 import h11
 import httpx
 
+# Private to httpx, and the function httpx itself reads the proxy variables with;
+# a test routes requests through a proxy, so a move in httpx fails loudly there.
+from httpx._utils import get_environment_proxies
+
 #: httpx's own default for how long an idle connection is kept.
 DEFAULT_KEEPALIVE_EXPIRY_SECONDS = 5.0
 #: Bytes held from one connection before asyncio stops reading it until the
@@ -51,7 +55,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
     the registry's ``concurrency``. So no request waits for a connection, and
     the ``pool`` timeout is not used; ``connect`` covers TCP and TLS, ``read``
     and ``write`` each wait for the network. It speaks neither HTTP/2 nor to
-    proxies.
+    proxies: ``proxy_mounts`` gives httpx's own transports for the proxies the
+    environment names.
 
     Args:
         verify: the SSL context for https, or whether to check certificates as
@@ -206,6 +211,27 @@ class Http11Transport(httpx.AsyncBaseTransport):
             stack.popleft().close()
 
         stack.append(connection)
+
+
+def proxy_mounts(
+    verify: ssl.SSLContext | bool, limits: httpx.Limits
+) -> dict[str, httpx.AsyncBaseTransport | None]:
+    """httpx's transports for the proxies the environment names, as client mounts.
+
+    httpx reads ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``
+    only when given no ``transport``; a client given ours gets these as
+    ``mounts=`` to keep that behaviour. Proxied requests go through httpx's own
+    transport (httpcore: absolute URLs for http, CONNECT for https); a host
+    ``NO_PROXY`` names maps to None, which is the client's own transport.
+    """
+    return {
+        pattern: None
+        if url is None
+        else httpx.AsyncHTTPTransport(
+            verify=verify, limits=limits, proxy=httpx.Proxy(url)
+        )
+        for pattern, url in get_environment_proxies().items()
+    }
 
 
 @dataclass(frozen=True, slots=True)
