@@ -162,6 +162,8 @@ class TestRecordFirstSeen:
                 )
                 fast_current = store.current(reference, platform)
                 slow_current = slow.current(reference, platform)
+                assert fast_current is not None
+                assert slow_current is not None
                 assert (fast_current.digest, fast_current.source_digest) == (
                     slow_current.digest,
                     slow_current.source_digest,
