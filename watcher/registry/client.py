@@ -486,8 +486,11 @@ class RegistryClient:
     def _pool(
         self, settings: RegistrySettings, verify: ssl.SSLContext | bool
     ) -> httpx.AsyncClient:
-        # Every pooled connection beyond the concurrency limit would sit idle: a
-        # lead measured 1000-connection pools far slower than 8 for many HEADs.
+        # At most `concurrency` requests are in flight (the semaphore in _send), so
+        # more connections than that would sit idle. httpx's own pool scans every
+        # connection on each request (bench/RESULTS.md), so registry requests go
+        # through Http11Transport; these limits hold for proxied requests, which
+        # take httpx's transport.
         limits = httpx.Limits(
             max_connections=settings.concurrency,
             max_keepalive_connections=settings.concurrency,
