@@ -400,6 +400,8 @@ def markdown(
         (
             "- The double answers a repeated manifest request from its copy of the registry's first answer"
             " (a moved tag's copy is dropped); it still counts, authorises, rate-limits and sleeps per request."
+            " Before the cold pass the harness fills that copy with one HEAD of each tag, uncounted"
+            " (`TimedHub.prime`), so that docker-registry's CPU does not set the cold pass's pace either."
             if context.cache
             else "- The double proxies every manifest request to the registry (`--no-cache`)."
         ),
@@ -443,6 +445,7 @@ def markdown(
         "## Missed targets",
         "",
         *_missed(targets),
+        *_history(),
     ]
     if pools:
         parts += [
@@ -503,6 +506,19 @@ def _skipped(context: Context) -> list[str]:
         "(`--budget-minutes 0` runs everything):",
         "",
         *[f"- {step}" for step in context.skipped],
+        "",
+    ]
+
+
+def _history() -> list[str]:
+    """What was changed in watcher to meet the targets, measured before and after."""
+    note = ANALYSIS_DIR / "history.md"
+    if not note.is_file():
+        return []
+    return [
+        "## Changes made for these targets, before and after",
+        "",
+        note.read_text(encoding="utf-8").rstrip(),
         "",
     ]
 

@@ -386,6 +386,8 @@ def _watcher_command() -> list[str]:
 def _cold(
     world: World, config: Path, workdir: Path, n: int, repositories: int
 ) -> PassResult:
+    paths = [f"/v2/{repo}/manifests/{tag}" for repo, tag in world.layout.watched(n)]
+    world.hub.prime(paths, MANIFEST_ACCEPT)
     world.hub.reset_counts()
     world.hub.reset_window()
     stdout_path = workdir / "check.out"

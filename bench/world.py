@@ -28,6 +28,10 @@ from tests.real.registry import RegistryServer, start_registry
 #: Pushes in flight at once: docker-registry on two cores gains nothing past this.
 PUSH_CONCURRENCY = 8
 PUSH_TIMEOUT_SECONDS = 60.0
+#: Priming the double's cache before a cold pass: HEADs to the registry at once, and
+#: how long all of them may take.
+PRIME_CONCURRENCY = 16
+PRIME_TIMEOUT_SECONDS = 600.0
 #: The double is Docker-Hub-like, but its pull budget must never run out mid-run:
 #: a 429 would measure the budget, not watcher.
 UNMETERED_PULLS = 1_000_000_000
@@ -86,6 +90,35 @@ class TimedHub(HubDouble):
         self._last: float | None = None
         self._client_ports: set[int] = set()
         self._cache: dict[tuple[str, str, str, str], Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def prime(self, paths: Sequence[str], accept: str) -> None:
+        """Cache the registry's answer to a HEAD of each path, as the cold pass asks it.
+
+        Without it the cold pass proxies every HEAD to docker-registry, whose CPU
+        and the double's on the same two cores, not watcher's, would set the pace.
+        The answers are the registry's own; nothing is counted or timed.
+        """
+        if not self.cache_manifests or self._loop is None:
+            return
+
+        primed = asyncio.run_coroutine_threadsafe(
+            self._prime(paths, accept), self._loop
+        )
+        primed.result(timeout=PRIME_TIMEOUT_SECONDS)
+
+    async def _prime(self, paths: Sequence[str], accept: str) -> None:
+        slots = asyncio.Semaphore(PRIME_CONCURRENCY)
+
+        async def one(path: str) -> None:
+            async with slots:
+                await self._forward(SeenRequest("HEAD", path, "", {"accept": accept}))
+
+        await asyncio.gather(*(one(path) for path in paths))
+
+    async def _serve(self, server: Any) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super()._serve(server)
 
     def forget(self, paths: set[str]) -> None:
         """Drop the cached answers for these manifest paths (call after moving tags)."""
