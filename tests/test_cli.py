@@ -269,13 +269,14 @@ def test_check_on_a_terminal_shows_progress_then_the_table(
         pytest.param(
             "at head", ["json://127.0.0.1:9/hook"], "['apprise']", id="notify"
         ),
-        pytest.param("empty", [], "['alembic']", id="empty-database"),
+        pytest.param("empty", [], "[]", id="empty-database"),
     ],
 )
 def test_check_loads_alembic_and_apprise_only_to_use_them(
     tmp_path, registry, repository_name, database, notify, loaded
 ):
-    """A database at head needs no upgrade, and no URL means nothing to check or send."""
+    """An empty database or one at head needs no migration script, and no URL means
+    nothing to check or send."""
     from watcher.store import upgrade as migrate
 
     push_image(registry.url, repository_name, "1", "oci-manifest")

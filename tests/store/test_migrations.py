@@ -200,6 +200,17 @@ class TestOpen:
         (event,) = [e for e in logs if e["event"] == "schema.upgraded"]
         assert (event["from_revision"], event["to_revision"]) == (None, HEAD)
 
+    def test_schema_made_on_opening_is_the_migrated_one(self, new_database_url):
+        """An empty database gets the models' tables, stamped at head, not the scripts."""
+        opened, migrated = new_database_url(), new_database_url()
+        open_store(opened).close()
+        upgrade(migrated)
+
+        assert reflected(opened) == reflected(migrated)
+        # Alembic reads the stamp as its own: nothing left to upgrade.
+        assert upgrade(opened) == (HEAD, HEAD)
+        assert schema_state(opened) == SchemaState(SchemaStatus.CURRENT, HEAD, HEAD)
+
     def test_database_at_head_opens_without_importing_alembic(self, database_url):
         """Start-up does not pay for Alembic, which only an upgrade needs."""
         upgrade(database_url)

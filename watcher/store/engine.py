@@ -5,6 +5,8 @@ The only module that creates engines; ``db.py`` and ``migrate.py`` both use it.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -14,6 +16,10 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import create_engine
 
 from watcher.errors import StoreError
+
+#: How long a connection waits for another process's write lock on SQLite.
+BUSY_TIMEOUT_SECONDS = 5.0
+_WAL_RETRY_SECONDS = 0.02
 
 
 def safe_url(url: str) -> str:
@@ -56,12 +62,33 @@ def engine_for(url: str) -> Engine:
 
 def _tune_sqlite(connection: Any, record: Any) -> None:
     cursor = connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     # WAL lets `watcher history` read while `watcher run` writes.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _use_wal(cursor)
     # In WAL mode NORMAL syncs at checkpoints, not at every commit: a crash of
     # watcher loses nothing; a power cut may lose the last commits, never the
     # file's consistency. A change lost that way is seen again at the next check.
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode, once, even with other processes connecting.
+
+    Switching a new file to WAL needs it to itself, and SQLite answers "database
+    is locked" at once, without its busy timeout, while another process (a
+    replica starting beside this one) holds it: so wait and try again.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+            if mode.lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(_WAL_RETRY_SECONDS)
+        else:
+            return

@@ -203,18 +203,29 @@ def _upgrade_engine(
 
 
 def require_current(engine: Engine, url: str) -> None:
-    """Upgrade an empty database to head; refuse one behind or ahead.
+    """Give an empty database the schema at head; refuse one behind or ahead.
+
+    The schema is read and, if missing, created under the upgrade lock: of
+    replicas starting together on an empty database, one creates it and the
+    others find it made, never half made.
 
     Raises:
         StoreError: the schema is behind (the message names ``watcher db
             upgrade``) or ahead of this watcher, or the database is unreachable.
     """
-    with _translated("read the schema revision of", url), engine.connect() as conn:
+    with _translated("open", url), _locked(engine) as conn:
         state = _state(conn, url)
+        if state.status is SchemaStatus.EMPTY:
+            _create_at_head(conn)
 
     match state.status:
         case SchemaStatus.EMPTY:
-            _upgrade_engine(engine, url)
+            log.info(
+                "schema.upgraded",
+                database=safe_url(url),
+                from_revision=None,
+                to_revision=state.head,
+            )
         case SchemaStatus.CURRENT:
             return
         case SchemaStatus.BEHIND:
@@ -222,6 +233,23 @@ def require_current(engine: Engine, url: str) -> None:
             raise StoreError(msg)
         case SchemaStatus.AHEAD:
             raise StoreError(_ahead_message(url, state))
+
+
+def _create_at_head(conn: Connection) -> None:
+    """The schema at head in an empty database: the models' tables, stamped.
+
+    What running every migration makes (tests/store/test_migrations.py compares
+    the two), without loading Alembic, so that a first start stays quick.
+    """
+    SQLModel.metadata.create_all(conn)
+    version = sa.Table(
+        _VERSION_TABLE.name,
+        sa.MetaData(),
+        sa.Column("version_num", sa.String(32), nullable=False),
+        sa.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+    )
+    version.create(conn)
+    conn.execute(version.insert().values(version_num=head()))
 
 
 def _state(conn: Connection, url: str) -> SchemaState:
