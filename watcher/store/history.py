@@ -349,18 +349,27 @@ class Store:
         process recorded a change since ``current`` was read) is left out and
         answered False: record it with ``record_digest``.
         """
-        applied: list[bool] = []
+        seen = [
+            {
+                "period": item.current.period_id,
+                "seen_digest": str(item.current.digest),
+                "at": item.at,
+            }
+            for item in batch
+        ]
         with self._transaction() as session:
             connection = session.connection()
-            for item in batch:
-                moved = connection.execute(
-                    update(DigestPeriodRow)
-                    .where(col(DigestPeriodRow.id) == item.current.period_id)
-                    .where(col(DigestPeriodRow.digest) == str(item.current.digest))
-                    .where(col(DigestPeriodRow.ended_at).is_(None))
-                    .values(last_seen=item.at)
-                )
-                applied.append(_rowcount(moved) == 1)
+            applied = [True] * len(batch)
+            # All at once; only if some period was closed meanwhile, one by one
+            # to find which (setting last_seen again changes nothing).
+            sane = connection.dialect.supports_sane_multi_rowcount
+            if not sane or _rowcount(connection.execute(_SEEN_AGAIN, seen)) != len(
+                seen
+            ):
+                applied = [
+                    _rowcount(connection.execute(_SEEN_AGAIN, values)) == 1
+                    for values in seen
+                ]
             done = [item for item, ok in zip(batch, applied, strict=True) if ok]
             if done:
                 connection.execute(
@@ -756,6 +765,16 @@ def _rowcount(result: Result[Any]) -> int:
 def _table(model: type[SQLModel]) -> Table:
     """The Core table of a row class, for statements that need no ORM."""
     return model.metadata.tables[str(model.__tablename__)]
+
+
+#: Move an open period's last_seen, if it is still open on that digest.
+_SEEN_AGAIN = (
+    update(_table(DigestPeriodRow))
+    .where(_table(DigestPeriodRow).c.id == bindparam("period"))
+    .where(_table(DigestPeriodRow).c.digest == bindparam("seen_digest"))
+    .where(_table(DigestPeriodRow).c.ended_at.is_(None))
+    .values(last_seen=bindparam("at"))
+)
 
 
 def _unchanged_image(item: Unchanged) -> dict[str, object]:
