@@ -1149,3 +1149,31 @@ async def test_an_html_answer_is_never_recorded_as_a_manifest() -> None:
             await client.head_manifest(Reference.parse("proxied.example/app:1"))
 
     assert "the answer is text/html, not a manifest" in str(caught.value)
+
+
+async def test_cookies_a_registry_sets_are_not_sent_back() -> None:
+    """Like Docker, watcher keeps no cookies: a load balancer's cookie pins nothing."""
+    digest = digest_of("cookie")
+    sent_cookies: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent_cookies.append(request.headers.get("cookie"))
+        return httpx.Response(
+            200,
+            headers={
+                "Docker-Content-Digest": digest,
+                "Content-Type": OCI_MANIFEST,
+                "Content-Length": "10",
+                "Set-Cookie": "AWSALB=sticky-node-3; Path=/",
+            },
+        )
+
+    client = RegistryClient(
+        lambda name: RegistrySettings(), transport=httpx.MockTransport(answer)
+    )
+    async with client:
+        for _ in range(2):
+            result = await client.head_manifest(API)
+
+    assert str(result.descriptor.digest) == digest
+    assert sent_cookies == [None, None]

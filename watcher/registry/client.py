@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.cookiejar
 import ipaddress
 import json
 import ssl
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Protocol, Self, TypeAlias
+from typing import Any, Literal, Protocol, Self, TypeAlias
 from urllib.parse import urlsplit
 
 import httpx
@@ -252,6 +253,16 @@ class _Call:
         return _LIMITS[self.kind]
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing: registries need no cookies (Docker keeps none).
+
+    httpx would otherwise parse every answer's headers for cookies to keep.
+    """
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """Keep nothing from the answer."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Answer:
     """A response read whole (its body capped); ``url`` is where it came from."""
@@ -260,6 +271,8 @@ class _Answer:
     headers: httpx.Headers
     body: bytes = field(repr=False)
     url: str
+    #: The pull budget its headers announce, read once per answer.
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +365,7 @@ class RegistryClient:
         if reason is None:
             _check_status(call, answer, authorization)
             descriptor = _head_descriptor(call, answer)
-            return HeadResult(descriptor, parse_rate_limit(answer.headers), "HEAD")
+            return HeadResult(descriptor, answer.rate_limit, "HEAD")
 
         # A 404 may be the tag's truth; only a GET that finds it condemns HEAD.
         if reason == "404" and registry.head_404_trusted:
@@ -509,6 +522,7 @@ class RegistryClient:
             verify=verify,
             transport=transport,
             mounts=mounts,
+            cookies=_NoCookies(),
         )
 
     async def _head_by_get(
@@ -544,7 +558,7 @@ class RegistryClient:
         _check_status(call, answer, authorization)
         manifest = _manifest_of(call, answer)
         _check_digest_header(call, answer, manifest.descriptor.digest)
-        return manifest, parse_rate_limit(answer.headers)
+        return manifest, answer.rate_limit
 
     async def _authorized(self, call: _Call) -> tuple[_Answer, _Authorization]:
         """The answer, authenticated as the registry asks, with at most one retry.
@@ -722,7 +736,7 @@ class RegistryClient:
             headers["Authorization"] = authorization.header
 
         answer = await self._exchange(call, headers)
-        rate_limit = parse_rate_limit(answer.headers)
+        rate_limit = answer.rate_limit
         if call.kind == "manifest" and rate_limit is not None:
             self._budget.record(call.registry.name, rate_limit)
             if self._observer is not None:
@@ -831,7 +845,10 @@ class RegistryClient:
                         registry.name, call.method, status, seconds
                     )
 
-        return _Answer(response.status_code, response.headers, body, url)
+        received = response.headers
+        return _Answer(
+            response.status_code, received, body, url, parse_rate_limit(received)
+        )
 
 
 def base_url(api_host: str, endpoint: str | None) -> str:
@@ -929,6 +946,10 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def _same_origin(first: str, second: str) -> bool:
+    # The common case, a path under the other URL, needs no parsing: the
+    # authority ends at the first "/" after "//", inside the shared prefix.
+    if first.startswith(second.rstrip("/") + "/"):
+        return True
     return _origin(first) == _origin(second)
 
 
@@ -1223,7 +1244,6 @@ def _unexpected_status(
 
 def _head_descriptor(call: _Call, answer: _Answer) -> Descriptor:
     """The descriptor in a HEAD answer's headers, refusing what we cannot record."""
-    url = redact_url(call.url)
     try:
         digest = Digest.parse(answer.headers["docker-content-digest"].strip())
     except ValueError as exc:
@@ -1231,7 +1251,9 @@ def _head_descriptor(call: _Call, answer: _Answer) -> Descriptor:
             f"{call.what}: the Docker-Content-Digest header is invalid: {exc}; "
             "report it to the registry operator"
         )
-        raise ProtocolViolation(msg, method="HEAD", url=url, status=200) from exc
+        raise ProtocolViolation(
+            msg, method="HEAD", url=redact_url(call.url), status=200
+        ) from exc
 
     media_type = _content_type(answer)
     if not media_type:
@@ -1239,7 +1261,9 @@ def _head_descriptor(call: _Call, answer: _Answer) -> Descriptor:
             f"{call.what}: the answer has no Content-Type header; "
             "report it to the registry operator"
         )
-        raise ProtocolViolation(msg, method="HEAD", url=url, status=200)
+        raise ProtocolViolation(
+            msg, method="HEAD", url=redact_url(call.url), status=200
+        )
 
     _refuse_schema1(call, media_type)
     if call.reference.tag is None and digest != call.reference.digest:
@@ -1247,7 +1271,9 @@ def _head_descriptor(call: _Call, answer: _Answer) -> Descriptor:
             f"{call.what}: the registry answered another digest, {digest}; "
             "report it to the registry operator"
         )
-        raise ProtocolViolation(msg, method="HEAD", url=url, status=200)
+        raise ProtocolViolation(
+            msg, method="HEAD", url=redact_url(call.url), status=200
+        )
 
     return Descriptor(media_type, digest, _content_length(call, answer))
 
@@ -1259,20 +1285,23 @@ def _content_type(answer: _Answer) -> str:
 
 def _refuse_schema1(call: _Call, media_type: str) -> None:
     """Refuse to record what is no OCI or Docker v2 manifest, saying what it was."""
-    url = redact_url(call.url)
     if media_type in SCHEMA1_TYPES:
         msg = (
             f"{call.what}: the registry ignored the Accept header and served schema1 "
             f"({media_type}), whose digest no docker pull shows; watcher records only "
             "OCI and Docker v2 manifests"
         )
-        raise UnsupportedManifest(msg, method=call.method, url=url, status=200)
+        raise UnsupportedManifest(
+            msg, method=call.method, url=redact_url(call.url), status=200
+        )
     if not _json_media_type(media_type):
         msg = (
             f"{call.what}: the answer is {media_type}, not a manifest; check the "
             "registry's endpoint (a proxy or login page may be answering)"
         )
-        raise ProtocolViolation(msg, method=call.method, url=url, status=200)
+        raise ProtocolViolation(
+            msg, method=call.method, url=redact_url(call.url), status=200
+        )
 
 
 def _json_media_type(media_type: str) -> bool:
