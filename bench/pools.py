@@ -2,9 +2,11 @@
 
 Sends `requests` HEADs at once (all gathered together) straight to the registry,
 with no latency added, through clients whose pools differ only in size; each
-size twice: `send(stream=True)` then `aclose()`, with the (empty) body read in
-between or not. httpcore reuses a connection only when its answer was read to
-the end, so the two show connection reuse against a new connection per request.
+size three ways: httpx's own transport with the (empty) body read before
+`aclose()` or not (httpcore reuses a connection only when its answer was read to
+the end, so the two show connection reuse against a new connection per request),
+and watcher's `Http11Transport` behind a semaphore of the pool's size, as
+`RegistryClient` sends.
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ from dataclasses import dataclass
 
 import httpx
 
+from watcher.registry.transport import Http11Transport
+
 POOL_TIMEOUT_SECONDS = 120.0
+HTTPX_READ = "httpx, body read"
+HTTPX_UNREAD = "httpx, body unread"
+WATCHER = "watcher's Http11Transport"
 
 
 @dataclass(frozen=True, slots=True)
 class PoolRun:
     pool: int
-    body_read: bool
+    #: HTTPX_READ, HTTPX_UNREAD or WATCHER.
+    how: str
     requests: int
     seconds: float
     failures: int
@@ -39,9 +47,9 @@ def measure_pools(
 ) -> list[PoolRun]:
     """Time one burst of HEADs, one per target, for each pool size and reading."""
     return [
-        asyncio.run(_burst(base_url, targets, pool, accept, read))
+        asyncio.run(_burst(base_url, targets, pool, accept, how))
         for pool in pools
-        for read in (True, False)
+        for how in (HTTPX_READ, HTTPX_UNREAD, WATCHER)
     ]
 
 
@@ -50,23 +58,26 @@ async def _burst(
     targets: Sequence[tuple[str, str]],
     pool: int,
     accept: str,
-    read: bool,
+    how: str,
 ) -> PoolRun:
     limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
     timeout = httpx.Timeout(POOL_TIMEOUT_SECONDS)
+    ours = Http11Transport(verify=True, max_idle=pool) if how == WATCHER else None
+    slots = asyncio.Semaphore(pool if how == WATCHER else len(targets))
     async with httpx.AsyncClient(
-        base_url=base_url, limits=limits, timeout=timeout
+        base_url=base_url, limits=limits, timeout=timeout, transport=ours
     ) as client:
 
         async def head(repository: str, tag: str) -> bool:
             url = f"/v2/{repository}/manifests/{tag}"
             request = client.build_request("HEAD", url, headers={"Accept": accept})
             try:
-                response = await client.send(request, stream=True)
-                if read:
-                    await response.aread()
+                async with slots:
+                    response = await client.send(request, stream=True)
+                    if how != HTTPX_UNREAD:
+                        await response.aread()
 
-                await response.aclose()
+                    await response.aclose()
             except httpx.HTTPError:
                 return False
 
@@ -76,7 +87,7 @@ async def _burst(
         answers = await asyncio.gather(*(head(r, t) for r, t in targets))
         seconds = time.perf_counter() - started
 
-    return PoolRun(pool, read, len(targets), seconds, answers.count(False))
+    return PoolRun(pool, how, len(targets), seconds, answers.count(False))
 
 
 def main(argv: list[str]) -> int:

@@ -452,20 +452,22 @@ def markdown(
             "## Pool size (the lead's note in issue #6)",
             "",
             f"{pools[0].requests} HEADs started at once with one `httpx.AsyncClient`, straight to the registry",
-            "(no double, no latency), from a process of its own with httpx as installed; only",
-            "`max_connections` = `max_keepalive_connections` differs, and whether the (empty) HEAD body",
-            "is read before `aclose()`: httpcore reuses a connection only when its answer was read to the",
-            "end, so *read* means keep-alive and *unread* a new connection per request.",
+            "(no double, no latency), from a process of its own; only the pool size",
+            "(`max_connections` = `max_keepalive_connections`) and the transport differ. With httpx's",
+            "own transport, the (empty) HEAD body is read before `aclose()` or not: httpcore reuses a",
+            "connection only when its answer was read to the end, so *read* means keep-alive and",
+            "*unread* a new connection per request. watcher's `Http11Transport` runs behind a semaphore",
+            "of the pool's size, as `RegistryClient` sends through it.",
             "",
-            "| pool | HEAD body | seconds | failed |",
+            "| pool | transport | seconds | failed |",
             "|---|---|---|---|",
             *[
-                f"| {p.pool} | {'read' if p.body_read else 'unread'} | {p.seconds:.2f} | {p.failures} |"
+                f"| {p.pool} | {p.how} | {p.seconds:.2f} | {p.failures} |"
                 for p in pools
             ],
             "",
-            "watcher sizes each registry's pool to that registry's `concurrency` "
-            "(`watcher/registry/client.py`, `RegistryClient._pool`).",
+            "watcher keeps at most a registry's `concurrency` connections to it and sends every",
+            "request through `Http11Transport` (`watcher/registry/client.py`, `RegistryClient._pool`).",
             "",
         ]
     if profiles:

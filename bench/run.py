@@ -687,9 +687,8 @@ def _pools(world: World, options: Options) -> list[PoolRun]:
 
     runs = [PoolRun(**run) for run in json.loads(completed.stdout)]
     for run in runs:
-        how = "body read" if run.body_read else "body unread"
         _say(
-            f"pool {run.pool} ({how}): {run.requests} HEADs at once in "
+            f"pool {run.pool} ({run.how}): {run.requests} HEADs at once in "
             f"{run.seconds:.2f} s ({run.failures} failed)"
         )
 
