@@ -207,6 +207,18 @@ async def answer_numbered(exchange: Exchange) -> None:
     exchange.peer.write(numbered(exchange))
 
 
+def dropping_request(number: int) -> Script:
+    """A server that closes the connection instead of answering its Nth request."""
+
+    async def script(exchange: Exchange) -> None:
+        if exchange.index == number:
+            exchange.peer.close()
+        else:
+            exchange.peer.write(numbered(exchange))
+
+    return script
+
+
 async def settled(event: asyncio.Event, what: str) -> None:
     try:
         async with asyncio.timeout(WAIT_SECONDS):
@@ -294,13 +306,7 @@ class TestReuse:
     ) -> None:
         """The server closed the idle connection as the request went out."""
 
-        async def script(exchange: Exchange) -> None:
-            if exchange.index == 2:
-                exchange.peer.close()
-            else:
-                exchange.peer.write(numbered(exchange))
-
-        server = await serve(script)
+        server = await serve(dropping_request(2))
 
         async with client() as http:
             await http.get(server.url())
@@ -351,13 +357,7 @@ class TestReuse:
     ) -> None:
         """A POST may have been acted on: sending it twice is the caller's choice."""
 
-        async def script(exchange: Exchange) -> None:
-            if exchange.index == 2:
-                exchange.peer.close()
-            else:
-                exchange.peer.write(numbered(exchange))
-
-        server = await serve(script)
+        server = await serve(dropping_request(2))
 
         async with client() as http:
             await http.get(server.url())
