@@ -165,3 +165,24 @@ class TestRedirects:
         assert text in str(error)
         assert "planted" not in str(error)
         assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "base", "same"),
+    [
+        ("https://reg.test/v2/a/manifests/1", "https://reg.test", True),
+        ("https://REG.test:443/v2/", "https://reg.test", True),
+        ("http://reg.test:80/v2/", "http://reg.test", True),
+        # A prefix of the authority is not the authority.
+        ("https://reg.test:50/v2/", "https://reg.test:5000", False),
+        ("https://reg.test:5000/v2/", "https://reg.test:50", False),
+        ("https://reg.test.evil.example/v2/", "https://reg.test", False),
+        ("https://reg.test@evil.example/v2/", "https://reg.test", False),
+        ("http://reg.test/v2/", "https://reg.test", False),
+    ],
+)
+def test_authorization_goes_only_to_the_registrys_own_origin(url, base, same):
+    """Who gets the registry's Authorization header: scheme, host and port must match."""
+    from watcher.registry.client import _same_origin
+
+    assert _same_origin(url, base) is same
