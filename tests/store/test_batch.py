@@ -220,3 +220,48 @@ class TestGroupCommit:
             assert all(len(store.check_records(r)) == 2 for r in references[:20])
         finally:
             async_store.close()
+
+
+class TestReplicas:
+    def test_two_processes_writing_overlapping_batches_do_not_deadlock(
+        self, database_url
+    ):
+        """Replicas on one database check the same watches, in any order."""
+        import threading
+
+        first, second = open_store(database_url), open_store(database_url)
+        try:
+            references = tags(200)
+            for reference in references:
+                first.record_digest(reference, DIGEST_A, INDEX, T0, silent)
+            names = [watch_name(reference, None) for reference in references]
+            currents = list(first.currents(names).values())
+            start = threading.Barrier(2)
+            failures: list[BaseException] = []
+            applied: list[list[bool]] = []
+
+            def replica(store, order):
+                start.wait()
+                try:
+                    for hour in range(1, 6):
+                        at = T0 + timedelta(hours=hour)
+                        batch = [Unchanged(current, at) for current in order]
+                        applied.append(store.record_unchanged(batch))
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    failures.append(exc)
+
+            threads = [
+                threading.Thread(target=replica, args=(first, currents)),
+                threading.Thread(target=replica, args=(second, currents[::-1])),
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+
+            assert failures == []
+            assert applied == [[True] * len(currents)] * 10
+            assert len(first.check_records(references[0])) == 11
+        finally:
+            first.close()
+            second.close()

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -223,6 +223,11 @@ MessagesFor = Callable[[Change], Sequence[OwedMessage]]
 # Two writers racing to open the same period collide on the unique index; the
 # loser reads again and finds the winner's row. One retry settles it.
 _RECORD_ATTEMPTS = 2
+#: PostgreSQL's deadlock_detected and serialization_failure: the transaction was
+#: rolled back and may simply be run again.
+_TRANSIENT_STATES = frozenset({"40P01", "40001"})
+_TRANSIENT_ATTEMPTS = 3
+_T = TypeVar("_T")
 # Names per IN (...) list: well under SQLite's and PostgreSQL's parameter limits.
 _NAMES_PER_QUERY = 500
 
@@ -284,7 +289,11 @@ class Store:
         )
         for attempt in range(_RECORD_ATTEMPTS):
             try:
-                return self._record_digest(observed, messages_for, notify_first_seen)
+                return _retried(
+                    lambda: self._record_digest(
+                        observed, messages_for, notify_first_seen
+                    )
+                )
             except IntegrityError:
                 if attempt + 1 == _RECORD_ATTEMPTS:
                     raise
@@ -348,7 +357,21 @@ class Store:
         lookup. An entry whose period is no longer open with that digest (another
         process recorded a change since ``current`` was read) is left out and
         answered False: record it with ``record_digest``.
+
+        Rows are updated in key order, so two processes writing batches that
+        overlap wait for each other instead of deadlocking; a transaction the
+        database aborts anyway (deadlock, serialization) is run again.
         """
+        ordered = sorted(
+            range(len(batch)), key=lambda i: batch[i].current.period_id or 0
+        )
+        applied = _retried(lambda: self._record_unchanged([batch[i] for i in ordered]))
+        answers = [False] * len(batch)
+        for position, index in enumerate(ordered):
+            answers[index] = applied[position]
+        return answers
+
+    def _record_unchanged(self, batch: Sequence[Unchanged]) -> list[bool]:
         seen = [
             {
                 "period": item.current.period_id,
@@ -395,8 +418,12 @@ class Store:
 
         The fast path of ``record_digest`` for a cold start. A watch that has a
         row already (a failed check, or another process got there first) is left
-        out and answered False: record it with ``record_digest``.
+        out and answered False: record it with ``record_digest``. A transaction
+        the database aborts (deadlock, serialization) is run again.
         """
+        return _retried(lambda: self._record_first_seen(batch))
+
+    def _record_first_seen(self, batch: Sequence[FirstSeen]) -> list[bool]:
         images, periods = _table(ImageRow), _table(DigestPeriodRow)
         names = [item.name for item in batch]
         try:
@@ -755,6 +782,22 @@ def _currents(connection: Connection, names: Sequence[str]) -> dict[str, Current
             period_id=row.period_id,
         )
     return found
+
+
+def _retried(write: Callable[[], _T]) -> _T:
+    """``write()``, run again when the database aborted its transaction to break a
+    deadlock or a serialization conflict with another process; it rolled back."""
+    for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
+        try:
+            return write()
+        except StoreError as exc:
+            cause = getattr(exc.__cause__, "orig", None)
+            if getattr(cause, "sqlstate", None) not in _TRANSIENT_STATES:
+                raise
+            if attempt == _TRANSIENT_ATTEMPTS:
+                raise
+    msg = "unreachable: the last attempt returns or raises"
+    raise AssertionError(msg)  # pragma: no cover
 
 
 def _rowcount(result: Result[Any]) -> int:
