@@ -30,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.memory import peak_rss_kib
 from watcher import config, logs
 from watcher.notify import check_urls
 from watcher.reference import Platform, Reference
@@ -101,8 +102,7 @@ async def _measured(service: Service, name: str) -> dict[str, Any]:
         "cpu_seconds": cpu,
         "user_seconds": after.ru_utime - before.ru_utime,
         "system_seconds": after.ru_stime - before.ru_stime,
-        # Linux reports ru_maxrss in KiB.
-        "peak_rss_kib": after.ru_maxrss,
+        "peak_rss_kib": peak_rss_kib(os.getpid()) or after.ru_maxrss,
         "checks": len(results),
         "outcomes": dict(outcomes),
         "first_errors": errors[:3],

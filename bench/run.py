@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench import report
+from bench.memory import peak_rss_kib
 from bench.pools import PoolRun
 from bench.world import (
     Layout,
@@ -403,7 +404,7 @@ def _cold(
             cwd=workdir,
             env=_child_env(),
         )
-        status, usage = _wait(process)
+        status, usage, peak_kib = _wait(process)
         wall = time.perf_counter() - started
         harness_cpu, registry_cpu = meter.spent()
 
@@ -415,7 +416,7 @@ def _cold(
         wall_seconds=wall,
         window_seconds=world.hub.window_seconds,
         cpu_seconds=usage.ru_utime + usage.ru_stime,
-        peak_rss_kib=usage.ru_maxrss,
+        peak_rss_kib=peak_kib,
         counts=describe_counts(world.hub.counts),
         repositories=repositories,
         outcomes=outcomes,
@@ -759,14 +760,21 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _wait(process: subprocess.Popen[Any]) -> tuple[int, Any]:
-    """Reap the child and return its exit status and resource usage (os.wait4)."""
+def _wait(process: subprocess.Popen[Any]) -> tuple[int, Any, int]:
+    """Reap the child; return its exit status, resource usage (os.wait4) and peak RSS.
+
+    The peak is the child's own VmHWM, read while it runs: Linux carries the
+    parent's high-water mark over into a child's ru_maxrss across fork and exec,
+    so with a large harness ru_maxrss would report the harness.
+    """
     deadline = time.monotonic() + PROCESS_TIMEOUT_SECONDS
+    peak = 0
     while time.monotonic() < deadline:
+        peak = max(peak, peak_rss_kib(process.pid) or 0)
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid != 0:
             process.returncode = os.waitstatus_to_exitcode(status)
-            return process.returncode, usage
+            return process.returncode, usage, peak
 
         time.sleep(0.005)
 
