@@ -25,6 +25,7 @@ from tests.fakes.registry import FakeClock
 from tests.real.ports import LOOPBACK, free_port
 from tests.registry.tls_server import MEDIA_TYPE, digest_of, start_tls_registry
 from watcher.config import RegistrySettings
+from watcher.errors import RegistryUnavailable
 from watcher.reference import Digest, Reference
 from watcher.registry import HeadResult, RegistryClient
 from watcher.registry import transport as transport_module
@@ -886,6 +887,21 @@ async def head_through_client(**settings: Any) -> HeadResult:
 
 class TestProxies:
     """RegistryClient keeps httpx's use of the proxy variables."""
+
+    async def test_a_dead_proxy_is_named_as_what_cannot_be_reached(
+        self, proxy: tuple[ForwardProxy, str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Not the registry: the user must look at the proxy, or NO_PROXY."""
+        from tests.real.ports import free_port
+
+        monkeypatch.setenv("HTTP_PROXY", f"http://{LOOPBACK}:{free_port()}")
+
+        with pytest.raises(RegistryUnavailable) as caught:
+            await head_through_client(endpoint="http://registry.test", retries=0)
+
+        assert caught.value.reason == "connect"
+        assert "through the proxy named by HTTPS_PROXY, HTTP_PROXY" in str(caught.value)
+        assert "NO_PROXY" in str(caught.value)
 
     async def test_http_proxy_carries_plain_http_requests(
         self, proxy: tuple[ForwardProxy, str], monkeypatch: pytest.MonkeyPatch

@@ -1428,12 +1428,33 @@ def _unavailable(call: _Call, url: str, exc: httpx.RequestError) -> RegistryUnav
     elif any(text in str(exc).lower() for text in _DNS_FAILURES):
         reason = "dns"
         what = f"cannot resolve the host of {where}; check the registry name and DNS"
+    elif _through_proxy(call, url):
+        reason = "connect"
+        what = (
+            f"cannot reach {where} through the proxy named by HTTPS_PROXY, "
+            f"HTTP_PROXY or ALL_PROXY ({detail}); check that proxy, or name the "
+            "registry's host in NO_PROXY"
+        )
     else:
         reason = "connect"
         what = f"cannot reach {where} ({detail}); try again later"
 
     msg = f"{call.what}: {what}"
     return RegistryUnavailable(msg, method=call.method, url=where, reason=reason)
+
+
+def _through_proxy(call: _Call, url: str) -> bool:
+    """Whether httpx sent ``url`` through a proxy from the environment.
+
+    Asks httpx's own routing (private, like the proxy reading in transport.py):
+    a proxied URL takes a mounted transport, not the client's own.
+    """
+    http = call.registry.http
+    try:
+        chosen = http._transport_for_url(httpx.URL(url))
+    except (AttributeError, httpx.InvalidURL):
+        return False
+    return chosen is not http._transport
 
 
 def _caused_by_tls(exc: BaseException) -> bool:
