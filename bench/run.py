@@ -302,14 +302,16 @@ def _parse(argv: list[str] | None) -> Options:
         help="the double proxies every manifest request to the registry",
     )
     args = parser.parse_args(argv)
-    tags = sorted({int(part) for part in args.tags.split(",") if part.strip()})
+    tags = _numbers(parser, "--tags", args.tags, "100,1000")
     if not tags or min(tags) < 1:
         parser.error("--tags: give positive numbers, e.g. 100,1000")
 
-    if args.concurrency < 1 or args.tags_per_repository < 1 or args.latency < 0:
+    if args.concurrency < 1 or args.tags_per_repository < 1:
         parser.error("--concurrency and --tags-per-repository must be positive")
+    if args.latency < 0:
+        parser.error("--latency must be 0 or more seconds")
 
-    pools = [int(part) for part in args.pools.split(",") if part.strip()]
+    pools = _numbers(parser, "--pools", args.pools, "8,32,1000")
     command = "python -m bench" + _argv_text(argv)
     return Options(
         tags=tags,
@@ -326,6 +328,16 @@ def _parse(argv: list[str] | None) -> Options:
         cache=not args.no_cache,
         command=command,
     )
+
+
+def _numbers(
+    parser: argparse.ArgumentParser, flag: str, text: str, example: str
+) -> list[int]:
+    """Comma-separated whole numbers, sorted and distinct; a parser error otherwise."""
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        parser.error(f"{flag}: give whole numbers separated by commas, e.g. {example}")
 
 
 def _argv_text(argv: list[str] | None) -> str:
