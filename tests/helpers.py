@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
 
 from watcher import config
 
@@ -50,3 +55,26 @@ def load_settings(
 ) -> config.Settings:
     """Write a config file as ``write_config`` does and load it."""
     return config.load(write_config(directory, **kwargs), environ or {})
+
+
+def wait_for_watcher(
+    process: subprocess.Popen[bytes],
+    condition: Callable[[], bool],
+    what: str,
+    log: Callable[[], str],
+    timeout: float,
+) -> None:
+    """Poll ``condition`` until it holds, failing the test with watcher's log if
+    ``process`` exits first or ``timeout`` seconds pass; a refused connection
+    (watcher not listening yet) counts as not yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"watcher exited with {process.returncode}:\n{log()}")
+        try:
+            if condition():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}; watcher log:\n{log()}")

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,6 +24,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.helpers import wait_for_watcher
 from tests.real.images import push_image
 from tests.real.prometheus import promtool
 from tests.real.registry import ToolMissingError
@@ -303,19 +303,10 @@ def first_seen_count(url: str) -> float:
 
 
 def wait_for(process, log_path: Path, condition, what: str) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log = log_path.read_text(errors="replace")
-            pytest.fail(f"watcher exited with {process.returncode}:\n{log}")
-        try:
-            if condition():
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    log = log_path.read_text(errors="replace")
-    pytest.fail(f"timed out waiting for {what}; watcher log:\n{log}")
+    def log() -> str:
+        return log_path.read_text(errors="replace")
+
+    wait_for_watcher(process, condition, what, log, STARTUP_SECONDS)
 
 
 class TestDockerfile:

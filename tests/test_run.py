@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from tests.helpers import write_config
+from tests.helpers import wait_for_watcher, write_config
 from tests.real.images import push_image
 
 STARTUP_SECONDS = 20.0
@@ -46,19 +45,7 @@ class Watcher:
         return None
 
     def wait_until(self, condition, what, timeout=STARTUP_SECONDS):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"watcher exited with {self.process.returncode}:\n{self.log()}"
-                )
-            try:
-                if condition():
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"timed out waiting for {what}; log:\n{self.log()}")
+        wait_for_watcher(self.process, condition, what, self.log, timeout)
 
     def log(self):
         self._stderr.flush()
