@@ -41,8 +41,14 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 #: until this matches Alembic's own reading of the scripts.
 REVISIONS = ("0001", "0002", "0003")
 
-#: Alembic's version table, under the default name watcher's migrations keep.
-_VERSION_TABLE = sa.table("alembic_version", sa.column("version_num"))
+#: Alembic's version table, under the default name watcher's migrations keep, as
+#: Alembic creates it: read by ``_revision``, created by ``_create_at_head``.
+_VERSION_TABLE = sa.Table(
+    "alembic_version",
+    sa.MetaData(),
+    sa.Column("version_num", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
 
 #: Two processes starting on one empty PostgreSQL database (two replicas) would
 #: both create the tables; this transaction-scoped advisory lock makes one wait.
@@ -242,14 +248,8 @@ def _create_at_head(conn: Connection) -> None:
     the two), without loading Alembic, so that a first start stays quick.
     """
     SQLModel.metadata.create_all(conn)
-    version = sa.Table(
-        _VERSION_TABLE.name,
-        sa.MetaData(),
-        sa.Column("version_num", sa.String(32), nullable=False),
-        sa.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
-    )
-    version.create(conn)
-    conn.execute(version.insert().values(version_num=head()))
+    _VERSION_TABLE.create(conn)
+    conn.execute(_VERSION_TABLE.insert().values(version_num=head()))
 
 
 def _state(conn: Connection, url: str) -> SchemaState:
