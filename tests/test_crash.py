@@ -199,18 +199,27 @@ def assert_announces(request, old, new):
     assert new.digest in text, text
 
 
-def test_kill_while_the_receiver_holds_the_message_redelivers_it_once(
-    registry, repository_name, receiver, deploy
-):
-    """The receiver has the message but has not answered when the process dies."""
-    what = "killed while the receiver held the delivery unanswered, then restarted"
-    first = push_image(registry.url, repository_name, TAG, "oci-index")
+def watched_from_baseline(registry, repository_name, receiver, deploy, kind):
+    """Push TAG, deploy a watch of it notifying `receiver`, start, and wait for the
+    first check; return the pushed image, the deployment and the running process."""
+    first = push_image(registry.url, repository_name, TAG, kind)
     image = f"{registry.host}/{repository_name}:{TAG}"
     deployment = deploy(
         watches=[{"image": image, "interval": "1s"}], notify=[receiver.apprise_url()]
     )
     before = deployment.start()
     wait_for_baseline(before, registry.host)
+    return first, deployment, before
+
+
+def test_kill_while_the_receiver_holds_the_message_redelivers_it_once(
+    registry, repository_name, receiver, deploy
+):
+    """The receiver has the message but has not answered when the process dies."""
+    what = "killed while the receiver held the delivery unanswered, then restarted"
+    first, deployment, before = watched_from_baseline(
+        registry, repository_name, receiver, deploy, "oci-index"
+    )
 
     receiver.hold_next(1)
     second = push_image(registry.url, repository_name, TAG, "oci-index")
@@ -239,13 +248,9 @@ def test_kill_before_the_receiver_reads_the_message_delivers_it_once(
 ):
     """The change is recorded and sending began, but the receiver never read it."""
     what = "killed after recording the change, before the receiver read the message"
-    first = push_image(registry.url, repository_name, TAG, "docker-v2")
-    image = f"{registry.host}/{repository_name}:{TAG}"
-    deployment = deploy(
-        watches=[{"image": image, "interval": "1s"}], notify=[receiver.apprise_url()]
+    first, deployment, before = watched_from_baseline(
+        registry, repository_name, receiver, deploy, "docker-v2"
     )
-    before = deployment.start()
-    wait_for_baseline(before, registry.host)
 
     receiver.stall_next(1)
     second = push_image(registry.url, repository_name, TAG, "docker-v2")
